@@ -1,0 +1,112 @@
+"""Runtime settings: one frozen pydantic-settings tree, read from ``STREAM_VAE_*`` variables.
+
+Nested fields use ``__``: ``STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS``, ``STREAM_VAE_REDIS__PASSWORD``.
+The conventional ``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL`` are honoured as defaults so the
+tools work next to an existing Kafka/Redis without extra configuration. Secrets are ``SecretStr``
+and never appear in ``str(settings)`` or in logs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+LogFormat = Literal["json", "console"]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    """How to reach Kafka."""
+
+    bootstrap_servers: str = Field(default_factory=lambda: _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    client_id: str = "stream-vae"
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    rebalance_timeout_ms: int = Field(default=10_000, ge=1000)
+
+    def client_kwargs(self) -> dict[str, object]:
+        """Keyword arguments shared by every aiokafka client (secrets unwrapped only here)."""
+        kw: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return kw
+
+
+class RedisSettings(_Frozen):
+    """How to reach Redis. Put the password in ``STREAM_VAE_REDIS__PASSWORD``, not in the URL."""
+
+    url: str = Field(default_factory=lambda: _env("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    password: SecretStr | None = None
+    prefix: str = "stream-vae"
+
+    def redacted_url(self) -> str:
+        """The URL with any inline password masked, safe to log."""
+        parts = urlsplit(self.url)
+        if parts.password:
+            host = parts.hostname or ""
+            netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+        return self.url
+
+
+class WorkerSettings(_Frozen):
+    """Scorer worker tuning."""
+
+    http_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, not localhost
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    max_batch: int = Field(default=5000, ge=1)
+    poll_timeout_ms: int = Field(default=200, ge=1)
+    max_record_bytes: int = Field(default=65_536, ge=64)
+    model_poll_s: float = Field(default=5.0, gt=0, description="how often to re-read the active model pointer")
+
+
+class Settings(BaseSettings):
+    """All runtime settings of stream-vae.
+
+    Examples
+    --------
+    >>> s = Settings(redis=RedisSettings(url="redis://u:pw@h:6379/0"))
+    >>> "pw" in str(s)
+    False
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_VAE_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    log_format: LogFormat = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    topology_dir: str = "topologies"
+
+    def __str__(self) -> str:
+        return (
+            f"Settings(kafka={self.kafka.bootstrap_servers}, redis={self.redis.redacted_url()}, "
+            f"log_format={self.log_format}, topology_dir={self.topology_dir})"
+        )
+
+    __repr__ = __str__

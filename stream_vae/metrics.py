@@ -1,0 +1,29 @@
+"""Prometheus metrics of a worker. Names are a contract: the Helm chart's dashboard reads them."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+RECORDS_SCORED = Counter("stream_vae_records_scored_total", "Records scored", ["stream"])
+RECORDS_REJECTED = Counter(
+    "stream_vae_records_rejected_total", "Records sent to the dead-letter topic", ["stream", "reason"]
+)
+ALERTS = Counter("stream_vae_alerts_total", "Anomaly alerts published", ["stream", "severity"])
+DRIFT_ALERTS = Counter("stream_vae_drift_alerts_total", "Drift alerts published", ["stream", "test"])
+BATCH_LATENCY = Histogram(
+    "stream_vae_batch_seconds",
+    "Time to validate, score and publish one batch",
+    ["stream"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "stream_vae_batch_records", "Records per batch", ["stream"], buckets=(1, 10, 100, 500, 1000, 5000, 20000)
+)
+E2E_LAG = Gauge(
+    "stream_vae_end_to_end_lag_seconds", "Now minus the Kafka timestamp of the newest scored record", ["stream"]
+)
+ACTIVE_MODEL = Info("stream_vae_active_model", "Model version the worker scores with")
+MODEL_VERSION = Gauge("stream_vae_model_loaded", "1 while a model is loaded", ["stream"])
+DRIFT_STATE = Gauge("stream_vae_drift_open", "1 while a drift episode is open", ["stream"])
+SWAPS = Counter("stream_vae_model_swaps_total", "Hot swaps to a new model version", ["stream"])
+ROLLBACKS = Counter("stream_vae_model_rollbacks_total", "Automatic or manual rollbacks", ["stream"])

@@ -1,0 +1,156 @@
+"""Declarative topologies: one YAML file per monitored stream, validated strictly at start-up.
+
+Unknown keys and bad values fail with the file and the field named (``TopologyError``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stream_vae.exceptions import TopologyError
+
+FeatureType = Literal["float", "int", "bool"]
+CalibrationMethod = Literal["quantile", "pot"]
+Severity = Literal["low", "medium", "high", "critical"]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Feature(_Strict):
+    """One numeric input field of a record."""
+
+    name: str
+    type: FeatureType = "float"
+    min: float | None = None
+    max: float | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _range(self) -> Feature:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class ModelSpec(_Strict):
+    """VAE hyper-parameters."""
+
+    latent_dim: int = Field(default=4, ge=1, le=256)
+    hidden: tuple[int, ...] = (64, 32)
+    epochs: int = Field(default=40, ge=1, le=10_000)
+    batch_size: int = Field(default=256, ge=8)
+    learning_rate: float = Field(default=1e-3, gt=0, lt=1)
+    beta: float = Field(default=1.0, ge=0, description="weight of the KL term at the end of annealing")
+    kl_warmup_epochs: int = Field(default=10, ge=0)
+    patience: int = Field(default=8, ge=1, description="early stopping on the validation ELBO")
+    validation_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    seed: int = 0
+
+
+class CalibrationSpec(_Strict):
+    """Label-free threshold for a false-positive budget."""
+
+    method: CalibrationMethod = "quantile"
+    fpr: float = Field(default=0.005, gt=0, lt=0.5, description="target false-positive rate per record")
+    smoothing: int = Field(default=1, ge=1, le=1000, description="average the score over the last n records")
+
+
+class AlertSpec(_Strict):
+    """Where alerts go and what they carry."""
+
+    anomaly_topic: str = "alerts.anomaly"
+    drift_topic: str = "alerts.drift"
+    dlq_topic: str = "stream-vae.dlq"
+    top_features: int = Field(default=3, ge=1, le=50)
+    redact: tuple[str, ...] = ()
+    high_ratio: float = Field(default=2.0, gt=1, description="score/threshold ratio from which severity is high")
+    critical_ratio: float = Field(default=4.0, gt=1)
+
+
+class Topology(_Strict):
+    """One monitored stream."""
+
+    name: str
+    description: str = ""
+    input_topic: str
+    key_field: str | None = None
+    timestamp_field: str | None = None
+    features: tuple[Feature, ...] = Field(min_length=1)
+    window: int = Field(default=1, ge=1, le=256, description="records per entity fed to the model at once")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    alerts: AlertSpec = Field(default_factory=AlertSpec)
+    max_record_bytes: int = Field(default=65_536, ge=64)
+    partitions: int = Field(default=4, ge=1, le=1024, description="partitions to create for the input topic")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be lower-case letters, digits, '_', '.', '-' (at most 63 characters)")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> Topology:
+        names = [f.name for f in self.features]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate feature names: {sorted(dup)}")
+        reserved = {self.key_field, self.timestamp_field} & set(names)
+        if reserved:
+            raise ValueError(f"key/timestamp field also listed as a feature: {sorted(x for x in reserved if x)}")
+        return self
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def consumer_group(self) -> str:
+        return f"stream-vae.{self.name}"
+
+
+def parse_topology(data: object, *, source: str = "<dict>") -> Topology:
+    """Validate an already-parsed YAML mapping; errors name ``source`` and the field path."""
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise TopologyError(f"{source}: field '{loc}': {first['msg']}{more}") from None
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Load and validate one topology file."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise TopologyError(f"{p}: no such topology file") from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{p}: not valid YAML: {exc}") from None
+    return parse_topology(data, source=str(p))
+
+
+def load_all(directory: str | Path) -> dict[str, Topology]:
+    """Load every ``*.yaml``/``*.yml`` in ``directory``; stream names must be unique."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise TopologyError(f"{d}: topology directory not found")
+    out: dict[str, Topology] = {}
+    for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+        t = load_topology(p)
+        if t.name in out:
+            raise TopologyError(f"{p}: stream name '{t.name}' is already used by another topology")
+        out[t.name] = t
+    return out
