@@ -74,7 +74,7 @@ class RedisSettings(_Frozen):
 class WorkerSettings(_Frozen):
     """Scorer worker tuning."""
 
-    http_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, not localhost
+    http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     max_batch: int = Field(default=5000, ge=1)
     poll_timeout_ms: int = Field(default=200, ge=1)

@@ -72,8 +72,9 @@ class AlertSpec(_Strict):
     dlq_topic: str = "stream-vae.dlq"
     top_features: int = Field(default=3, ge=1, le=50)
     redact: tuple[str, ...] = ()
-    high_ratio: float = Field(default=2.0, gt=1, description="score/threshold ratio from which severity is high")
-    critical_ratio: float = Field(default=4.0, gt=1)
+    # Severity from the p-value, relative to the FPR budget: p <= fpr*high -> high, p <= fpr*critical -> critical.
+    severity_high: float = Field(default=0.1, gt=0, le=1)
+    severity_critical: float = Field(default=0.01, gt=0, le=1)
 
 
 class Topology(_Strict):

@@ -1,0 +1,1 @@
+"""The VAE, its scorer, training and the model registry."""

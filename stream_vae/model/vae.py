@@ -1,0 +1,66 @@
+"""A plain MLP Variational Autoencoder with a Gaussian decoder (learned per-feature variance)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+_LOG2PI = math.log(2 * math.pi)
+
+
+def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.SiLU()]
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """Encoder q(z|x) = N(mu, diag(exp(logvar))), decoder p(x|z) = N(dec(z), diag(exp(out_logvar))).
+
+    ``out_logvar`` is one learned log-variance per input feature: noisy features weigh less in the
+    score than quiet ones, which plain MSE cannot express.
+    """
+
+    def __init__(self, n_in: int, *, hidden: Sequence[int] = (64, 32), latent_dim: int = 4) -> None:
+        super().__init__()
+        self.n_in = n_in
+        self.hidden = tuple(hidden)
+        self.latent_dim = latent_dim
+        self.encoder = _mlp([n_in, *hidden])
+        self.enc_mu = nn.Linear(hidden[-1], latent_dim)
+        self.enc_logvar = nn.Linear(hidden[-1], latent_dim)
+        self.decoder = _mlp([latent_dim, *reversed(hidden)])
+        self.dec_mu = nn.Linear(hidden[0], n_in)
+        self.out_logvar = nn.Parameter(torch.zeros(n_in))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)
+        return self.enc_mu(h), self.enc_logvar(h).clamp(-10.0, 10.0)
+
+    def decode(self, z: Tensor) -> Tensor:
+        out: Tensor = self.dec_mu(self.decoder(z))
+        return out
+
+    def out_log_variance(self) -> Tensor:
+        # Bounded so a feature that was constant in training cannot make the likelihood degenerate.
+        return self.out_logvar.clamp(-6.0, 6.0)
+
+    def nll_per_feature(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """Gaussian negative log-likelihood of ``x`` under the decoder, per feature."""
+        lv = self.out_log_variance()
+        return 0.5 * (_LOG2PI + lv + (x - x_hat) ** 2 * torch.exp(-lv))
+
+    @staticmethod
+    def kl(mu: Tensor, logvar: Tensor) -> Tensor:
+        """KL(q(z|x) || N(0, I)) per record."""
+        return -0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return self.decode(z), mu, logvar

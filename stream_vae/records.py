@@ -1,0 +1,133 @@
+"""Typed, versioned results that flow along the data path (frozen dataclasses, never dicts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One Kafka message as it arrived: original bytes plus where it came from."""
+
+    value: bytes | None
+    key: bytes | None = None
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    timestamp_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that failed validation; it goes to the dead-letter topic with this reason."""
+
+    record: RawRecord
+    reason: str  # short machine-readable code, e.g. "invalid_json", "missing_field"
+    detail: str  # human-readable explanation naming the field
+
+
+@dataclass(frozen=True, slots=True)
+class ValidBatch:
+    """Records that passed validation, as one feature matrix in arrival order."""
+
+    records: list[RawRecord]
+    X: FloatArray  # [N, D] raw feature values in topology order
+    keys: list[str]
+    event_times: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """Batched model output. Higher ``score`` means more anomalous."""
+
+    score: FloatArray  # [N] reconstruction negative log-likelihood
+    kl: FloatArray  # [N] KL(q(z|x) || p(z))
+    contributions: FloatArray  # [N, D] per-feature share of the NLL
+    latent_mu: FloatArray  # [N, L]
+    latent_logvar: FloatArray  # [N, L]
+    model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An anomaly alert; ``to_event`` renders the CloudEvents-style JSON envelope."""
+
+    stream: str
+    topology_id: str
+    key: str
+    topic: str
+    partition: int
+    offset: int
+    event_time: Any
+    score: float
+    threshold: float
+    p_value: float
+    severity: str
+    top_features: list[dict[str, Any]]
+    latent_mu: list[float]
+    model_version: str
+    calibration_id: str
+    drift_episode: str | None = None
+    id: str = ""
+    time: str = ""
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "topology_id": self.topology_id,
+            "key": self.key,
+            "record": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
+            "event_time": self.event_time,
+            "score": round(self.score, 6),
+            "threshold": round(self.threshold, 6),
+            "p_value": self.p_value,
+            "severity": self.severity,
+            "top_features": self.top_features,
+            "latent": {"mu": self.latent_mu},
+            "model_version": self.model_version,
+            "calibration_id": self.calibration_id,
+            "drift_episode": self.drift_episode,
+        }
+
+    def to_event(self) -> dict[str, Any]:
+        return envelope(
+            "io.stream-vae.anomaly", source=f"stream-vae/{self.stream}", data=self.data(), id=self.id, time=self.time
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What one call of ``Pipeline.process_batch`` produced."""
+
+    scored: list[RawRecord]
+    alerts: list[Alert]
+    rejections: list[Rejection]
+    result: ScoreResult | None
+    threshold: float
+    model_version: str
+    is_anomaly: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+def envelope(type_: str, *, source: str, data: dict[str, Any], id: str = "", time: str = "") -> dict[str, Any]:
+    """Wrap ``data`` in a CloudEvents 1.0 structured-mode envelope."""
+    import uuid
+    from datetime import UTC, datetime
+
+    return {
+        "specversion": "1.0",
+        "id": id or uuid.uuid4().hex,
+        "source": source,
+        "type": type_,
+        "time": time or datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": data,
+    }

@@ -1,0 +1,106 @@
+"""validate: raw Kafka bytes -> typed feature matrix, or a rejection with a reason. Never raises on input."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from stream_vae.records import RawRecord, Rejection, ValidBatch
+from stream_vae.topology import Topology
+
+
+def _reject_constant(name: str) -> float:
+    # json.loads accepts NaN/Infinity by default; turn them into a rejection reason instead.
+    raise ValueError(f"non-finite constant {name}")
+
+
+class Validator:
+    """Checks records against one topology.
+
+    Examples
+    --------
+    >>> from stream_vae.topology import parse_topology
+    >>> topo = parse_topology({"name": "t", "input_topic": "in", "key_field": "k",
+    ...                        "features": [{"name": "a"}, {"name": "b", "min": 0}]})
+    >>> v = Validator(topo)
+    >>> ok, bad = v.validate([RawRecord(b'{"k": "x", "a": 1, "b": 2}'), RawRecord(b'{"a": 1}')])
+    >>> ok.X.tolist(), [r.reason for r in bad]
+    ([[1.0, 2.0]], ['missing_field'])
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self._features = topology.features
+        self._allowed = set(topology.feature_names) | {
+            f for f in (topology.key_field, topology.timestamp_field) if f
+        }
+
+    def validate(self, records: Sequence[RawRecord]) -> tuple[ValidBatch, list[Rejection]]:
+        rows: list[list[float]] = []
+        good: list[RawRecord] = []
+        keys: list[str] = []
+        times: list[Any] = []
+        rejected: list[Rejection] = []
+        for rec in records:
+            outcome = self._one(rec)
+            if isinstance(outcome, Rejection):
+                rejected.append(outcome)
+                continue
+            row, key, ts = outcome
+            rows.append(row)
+            good.append(rec)
+            keys.append(key)
+            times.append(ts)
+        X = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self._features))
+        return ValidBatch(records=good, X=X, keys=keys, event_times=times), rejected
+
+    def _one(self, rec: RawRecord) -> tuple[list[float], str, Any] | Rejection:
+        topo = self.topology
+        if rec.value is None:
+            return Rejection(rec, "empty", "message has no value (tombstone)")
+        if len(rec.value) > topo.max_record_bytes:
+            return Rejection(rec, "oversize", f"{len(rec.value)} bytes > max_record_bytes={topo.max_record_bytes}")
+        try:
+            obj = json.loads(rec.value, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason = "non_finite" if "non-finite" in str(exc) else "invalid_json"
+            return Rejection(rec, reason, f"not valid JSON: {exc}"[:300])
+        if not isinstance(obj, dict):
+            return Rejection(rec, "not_object", f"expected a JSON object, got {type(obj).__name__}")
+        extra = set(obj) - self._allowed
+        if extra:
+            return Rejection(rec, "unknown_field", f"fields not in topology '{topo.name}': {sorted(extra)[:10]}")
+        row: list[float] = []
+        for f in self._features:
+            if f.name not in obj or obj[f.name] is None:
+                return Rejection(rec, "missing_field", f"field '{f.name}' is missing or null")
+            v = obj[f.name]
+            if f.type == "bool":
+                if not isinstance(v, bool):
+                    return Rejection(rec, "wrong_type", f"field '{f.name}' must be a boolean, got {v!r:.40}")
+                x = float(v)
+            else:
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    return Rejection(rec, "wrong_type", f"field '{f.name}' must be a number, got {v!r:.40}")
+                if f.type == "int" and isinstance(v, float) and not v.is_integer():
+                    return Rejection(rec, "wrong_type", f"field '{f.name}' must be an integer, got {v!r}")
+                x = float(v)
+                if not math.isfinite(x):
+                    return Rejection(rec, "non_finite", f"field '{f.name}' is not finite")
+            if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
+                return Rejection(rec, "out_of_range", f"field '{f.name}'={x} outside [{f.min}, {f.max}]")
+            row.append(x)
+        key = ""
+        if topo.key_field:
+            k = obj.get(topo.key_field)
+            if k is None:
+                return Rejection(rec, "missing_field", f"key field '{topo.key_field}' is missing or null")
+            key = str(k)
+        elif rec.key is not None:
+            key = rec.key.decode("utf-8", "replace")
+        ts = obj.get(topo.timestamp_field) if topo.timestamp_field else None
+        return row, key, ts
