@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     log_format: LogFormat = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     topology_dir: str = "topologies"
+    model_signing_key: SecretStr | None = Field(
+        default=None, description="HMAC key: manifests are signed on register and verified before load"
+    )
 
     def __str__(self) -> str:
         return (

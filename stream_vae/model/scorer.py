@@ -12,8 +12,9 @@ from stream_vae.records import FloatArray, ScoreResult
 class VAEScorer:
     """Scores already-featurized rows with a trained VAE. Higher score = more anomalous.
 
-    ``contributions`` fold the window back onto the topology's features: with a window of w
-    records, feature j's contribution is its NLL summed over the w positions.
+    ``contributions`` are each feature's squared standardised residual, 0.5 * ((x - x_hat) / sigma)^2
+    (the part of the NLL that depends on the data, so always >= 0), folded back onto the
+    topology's features: with a window of w records, summed over the w positions.
     """
 
     def __init__(self, vae: VAE, *, n_features: int, model_version: str) -> None:
@@ -25,9 +26,11 @@ class VAEScorer:
     def score_many(self, X: FloatArray) -> ScoreResult:
         x = torch.as_tensor(X, dtype=torch.float32)
         mu, logvar = self.vae.encode(x)
-        nll = self.vae.nll_per_feature(x, self.vae.decode(mu))
+        x_hat = self.vae.decode(mu)
+        nll = self.vae.nll_per_feature(x, x_hat)
         kl = VAE.kl(mu, logvar)
-        per_feature = nll.reshape(len(X), -1, self.n_features).sum(dim=1)
+        z2 = 0.5 * (x - x_hat) ** 2 * torch.exp(-self.vae.out_log_variance())
+        per_feature = z2.reshape(len(X), -1, self.n_features).sum(dim=1)
         return ScoreResult(
             score=nll.sum(dim=1).double().numpy(),
             kl=kl.double().numpy(),

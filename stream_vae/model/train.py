@@ -104,7 +104,7 @@ def train_model(
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-            total += float(loss) * len(xb)
+            total += loss.item() * len(xb)
         vae.eval()
         with torch.inference_mode():
             x_hat, mu, logvar = vae(xv)

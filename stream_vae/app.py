@@ -1,0 +1,141 @@
+"""Faust glue: the worker app hosts the hot path as a service, timers and HTTP endpoints.
+
+The app owns what faust is good at (lifecycle, signals, web views, control agents); the
+scoring hot path is ``HotLoop`` (own aiokafka consumer, batches) run as a faust service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import structlog
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stream_vae.config import Settings
+from stream_vae.hotpath import HotLoop
+from stream_vae.hotswap import ModelSlot
+from stream_vae.model.registry import RedisModelRegistry
+from stream_vae.state import redis_client
+from stream_vae.topology import Topology
+
+log = structlog.get_logger("stream_vae.app")
+
+
+@dataclass
+class WorkerState:
+    """What the health endpoints report."""
+
+    topology: Topology
+    started: float = field(default_factory=time.time)
+    slot: ModelSlot | None = None
+    loop: HotLoop | None = None
+    fatal: str | None = None
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        model = self.slot.pipeline.model.version if self.slot and self.slot.pipeline else None
+        joined = bool(self.loop and self.loop.joined)
+        info = {"stream": self.topology.name, "model_version": model, "consumer_joined": joined}
+        return (model is not None and joined and self.fatal is None), info
+
+
+def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
+    k = settings.kafka
+    kw: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{h}" for h in k.bootstrap_servers.split(",")),
+        "broker_session_timeout": k.session_timeout_ms / 1000,
+        "broker_rebalance_timeout": k.rebalance_timeout_ms / 1000,
+        "broker_heartbeat_interval": max(0.5, k.session_timeout_ms / 4000),
+    }
+    if k.sasl_mechanism:
+        kw["broker_credentials"] = faust.SASLCredentials(
+            username=k.sasl_username,
+            password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+            mechanism=k.sasl_mechanism,
+            ssl_context=ssl.create_default_context() if k.security_protocol == "SASL_SSL" else None,
+        )
+    return kw
+
+
+def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | None = None) -> faust.App:
+    """A faust app that scores ``topology``'s input topic with the stream's active model."""
+    w = settings.worker
+    app = faust.App(
+        f"stream-vae-{topology.name}-{socket.gethostname()}",
+        **faust_broker_kwargs(settings),
+        store="memory://",
+        web_enabled=True,
+        web_bind=w.http_host,
+        web_port=w.http_port,
+        web_host=socket.gethostname(),
+        topic_replication_factor=1,
+        producer_acks=-1,
+    )
+    state = WorkerState(topology)
+    app.stream_vae_state = state  # type: ignore[attr-defined]
+
+    @app.service
+    class HotPath(Service):  # type: ignore[misc]
+        """Waits for a model, then runs the batch loop until the worker stops."""
+
+        async def on_start(self) -> None:
+            self._stop = asyncio.Event()
+            self._task = asyncio.ensure_future(self._run())
+
+        async def _run(self) -> None:
+            try:
+                client = redis_client(settings.redis)
+                registry = RedisModelRegistry(client, prefix=settings.redis.prefix, signing_key=signing_key)
+                slot = ModelSlot(registry, topology, poll_s=w.model_poll_s)
+                state.slot = slot
+                pipeline = await slot.wait_for_model(stop=self._stop)
+                loop = HotLoop(pipeline, settings=settings, topology=topology, before_batch=slot.check)
+                state.loop = loop
+                await loop.start()
+                log.info("worker_started", stream=topology.name, topic=topology.input_topic, group=loop.group_id)
+                if self._stop.is_set():
+                    await loop.stop()
+                await loop.run()
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # surfaced on /readyz and in the log; the process keeps serving probes
+                state.fatal = f"{type(exc).__name__}: {exc}"
+                log.error("worker_failed", error=state.fatal)
+
+        async def on_stop(self) -> None:
+            self._stop.set()
+            if state.loop is not None:
+                await state.loop.stop()
+            try:
+                await asyncio.wait_for(self._task, timeout=30)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+            log.info("worker_stopped", scored=state.loop.stats.scored if state.loop else 0)
+
+    @app.page("/healthz")
+    async def healthz(self: Any, request: Any) -> Any:
+        return self.json({"status": "ok" if state.fatal is None else "failed", "error": state.fatal},
+                         status=200 if state.fatal is None else 500)
+
+    @app.page("/readyz")
+    async def readyz(self: Any, request: Any) -> Any:
+        ok, info = state.ready()
+        return self.json({"ready": ok, **info}, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def prom(self: Any, request: Any) -> Any:
+        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return app
+
+
+def run_app(app: faust.App, *, loglevel: str = "warning") -> None:
+    """Run the worker until SIGTERM/SIGINT (graceful: the batch in flight is committed)."""
+    worker = faust.Worker(app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

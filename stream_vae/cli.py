@@ -1,0 +1,330 @@
+"""Command line: ``stream-vae VERB --help``. Errors are one line that says what to fix (exit 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from stream_vae.config import Settings
+from stream_vae.exceptions import StreamVAEError
+
+app = typer.Typer(
+    name="stream-vae",
+    help="Streaming anomaly and drift monitor for Kafka (VAE scoring, label-free calibration, hot-swapped models).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="List, activate and roll back model versions.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (results go in BENCHMARKS.md).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TopologyOpt = Annotated[Path, typer.Option("--topology", "-t", help="topology YAML file", show_default=False)]
+PrettyOpt = Annotated[bool, typer.Option("--pretty", help="human-readable console logs instead of JSON")]
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn: F) -> F:
+    """Turn expected errors (bad config, unreachable broker/Redis) into one line and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return fn(*args, **kwargs)
+        except StreamVAEError as exc:
+            _fail(str(exc))
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            loc = "__".join(str(p) for p in e["loc"]).upper()
+            _fail(f"bad setting STREAM_VAE_{loc}: {e['msg']}")
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(pretty: bool = False) -> Settings:
+    from stream_vae.logging import configure_logging
+
+    s = Settings()
+    configure_logging(fmt="console" if pretty else s.log_format, level=s.log_level)
+    return s
+
+
+def _topology(path: Path) -> Any:
+    from stream_vae.topology import load_topology
+
+    return load_topology(path)
+
+
+def _signing_key(s: Settings) -> bytes | None:
+    return s.model_signing_key.get_secret_value().encode() if s.model_signing_key else None
+
+
+def _registry(s: Settings) -> Any:
+    from stream_vae.model.registry import RedisModelRegistry
+    from stream_vae.state import redis_client
+
+    return RedisModelRegistry(redis_client(s.redis), prefix=s.redis.prefix, signing_key=_signing_key(s))
+
+
+@app.command("validate-topologies")
+@friendly
+def validate_topologies(
+    directory: Annotated[Path, typer.Argument(help="directory of topology YAML files")] = Path("topologies"),
+) -> None:
+    """Check every topology file strictly; name the file and field of the first error."""
+    from stream_vae.topology import load_all
+
+    topos = load_all(directory)
+    if not topos:
+        _fail(f"{directory}: no *.yaml topology files found")
+    for name, t in topos.items():
+        typer.echo(f"ok  {name}: {t.input_topic} -> {t.alerts.anomaly_topic} ({len(t.features)} features)")
+
+
+@app.command()
+@friendly
+def train(
+    topology: TopologyOpt,
+    input: Annotated[Path, typer.Option("--input", "-i", help="training data: CSV with a header, or .npy [N, D]")],
+    activate: Annotated[bool, typer.Option(help="make the new version active right away")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as one JSON line")] = False,
+    pretty: PrettyOpt = False,
+) -> None:
+    """Train, calibrate and register a model version in Redis."""
+    from rich.progress import Progress
+
+    from stream_vae.io import read_rows, rows_to_matrix
+    from stream_vae.model.train import train_model
+
+    s = _settings(pretty)
+    topo = _topology(topology)
+    registry = _registry(s)  # fail fast on Redis before training
+    X, ents = rows_to_matrix(read_rows(input, topo), topo)
+    with Progress(transient=True, disable=json_out) as prog:
+        task = prog.add_task(f"training {topo.name} on {len(X)} rows", total=topo.model.epochs)
+
+        def cb(epoch: int, total: int, tr: float, val: float) -> None:
+            prog.update(task, completed=epoch, description=f"epoch {epoch}/{total} train={tr:.3f} val={val:.3f}")
+
+        model = train_model(X, topo, entities=ents, progress=cb)
+    art = registry.register(model, activate=activate)
+    out = {
+        "stream": topo.name, "version": art.version, "active": activate, "rows": len(X),
+        "epochs": len(model.history), "threshold": model.calibrator.threshold,
+        "calibration": f"{model.calibrator.method} fpr={model.calibrator.fpr}", "sha256": art.manifest["sha256"],
+    }
+    typer.echo(json.dumps(out) if json_out else "registered " + " ".join(f"{k}={v}" for k, v in out.items()))
+
+
+@app.command()
+@friendly
+def worker(topology: TopologyOpt, pretty: PrettyOpt = False) -> None:
+    """Run a scorer worker for one topology against Kafka (SIGTERM stops it gracefully)."""
+    from stream_vae.app import create_app, run_app
+    from stream_vae.state import redis_client
+
+    s = _settings(pretty)
+    topo = _topology(topology)
+    redis_client(s.redis)  # one-line error now rather than a failing worker later
+    asyncio.run(_ensure_topics(s, topo))
+    run_app(create_app(s, topo, signing_key=_signing_key(s)))
+
+
+async def _ensure_topics(s: Settings, topo: Any) -> None:
+    from stream_vae.kafka import ensure_topics
+
+    a = topo.alerts
+    await ensure_topics(
+        s.kafka, {topo.input_topic: topo.partitions, a.anomaly_topic: 1, a.drift_topic: 1, a.dlq_topic: 1}
+    )
+
+
+@app.command()
+@friendly
+def produce(
+    topology: TopologyOpt,
+    input: Annotated[Path, typer.Option("--input", "-i", help="CSV with a header, or .npy [N, D]")],
+    rate: Annotated[float | None, typer.Option(help="records per second (default: as fast as possible)")] = None,
+    pretty: PrettyOpt = False,
+) -> None:
+    """Replay a file into the topology's input topic."""
+    from rich.progress import Progress
+
+    from stream_vae.io import read_rows
+    from stream_vae.kafka import produce_rows
+
+    s = _settings(pretty)
+    topo = _topology(topology)
+    rows = read_rows(input, topo)
+    asyncio.run(_ensure_topics(s, topo))
+    with Progress(transient=True) as prog:
+        task = prog.add_task(f"producing to {topo.input_topic}", total=len(rows))
+        n = asyncio.run(
+            produce_rows(s.kafka, topo.input_topic, rows, key_field=topo.key_field, rate=rate,
+                         progress=lambda k: prog.update(task, completed=k))
+        )
+    typer.echo(f"sent {n} records to {topo.input_topic}")
+
+
+@app.command()
+@friendly
+def alerts(
+    topology: Annotated[Path | None, typer.Option("--topology", "-t", help="read this topology's alert topics")] = None,
+    topic: Annotated[list[str] | None, typer.Option(help="topic(s) to read (default alerts.anomaly, alerts.drift)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep waiting for new alerts")] = False,
+    from_beginning: Annotated[bool, typer.Option(help="start at the oldest retained alert")] = True,
+) -> None:
+    """Print alerts as JSON lines."""
+    from stream_vae.kafka import tail
+
+    s = _settings()
+    if topic:
+        topics = topic
+    elif topology:
+        t = _topology(topology)
+        topics = [t.alerts.anomaly_topic, t.alerts.drift_topic]
+    else:
+        topics = ["alerts.anomaly", "alerts.drift"]
+
+    async def run() -> None:
+        async for m in tail(s.kafka, topics, follow=follow, from_beginning=from_beginning):
+            typer.echo(m.value.decode("utf-8", "replace"))
+            sys.stdout.flush()
+
+    asyncio.run(run())
+
+
+def _stream_name(topology: Path | None, stream: str | None) -> str:
+    if stream:
+        return stream
+    if topology:
+        return str(_topology(topology).name)
+    _fail("name the stream: --stream NAME or --topology FILE")
+    raise AssertionError  # unreachable
+
+
+@models_app.command("list")
+@friendly
+def models_list(
+    topology: Annotated[Path | None, typer.Option("--topology", "-t")] = None,
+    stream: Annotated[str | None, typer.Option(help="stream name (default: every stream in the registry)")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show model versions and which one is active."""
+    s = _settings()
+    reg = _registry(s)
+    streams = [_stream_name(topology, stream)] if (topology or stream) else reg.streams()
+    rows = [{"stream": st, **v} for st in streams for v in reg.list_versions(st)]
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo("no models registered yet: stream-vae train --topology FILE --input DATA")
+        return
+    for r in rows:
+        mark = "*" if r["active"] else " "
+        typer.echo(f"{mark} {r['stream']:<16} {r['version']:<6} threshold={r['threshold']:.4f} "
+                   f"{r['calibration']:<22} rows={r['n_train']} sha256={r['sha256']}")
+
+
+@models_app.command("activate")
+@friendly
+def models_activate(
+    version: Annotated[str, typer.Argument(help="version to activate, e.g. v3")],
+    topology: Annotated[Path | None, typer.Option("--topology", "-t")] = None,
+    stream: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Make VERSION active; running workers swap to it between batches."""
+    s = _settings()
+    name = _stream_name(topology, stream)
+    reg = _registry(s)
+    reg.load(name, version)  # verify digest/signature before pointing workers at it
+    prev = reg.activate(name, version)
+    typer.echo(f"{name}: active {prev} -> {version}")
+
+
+@models_app.command("rollback")
+@friendly
+def models_rollback(
+    topology: Annotated[Path | None, typer.Option("--topology", "-t")] = None,
+    stream: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Re-activate the previously active version."""
+    s = _settings()
+    name = _stream_name(topology, stream)
+    frm, to = _registry(s).rollback(name)
+    typer.echo(f"{name}: rolled back {frm} -> {to}")
+
+
+@app.command("demo-data")
+@friendly
+def demo_data(
+    out: Annotated[Path, typer.Option(help="directory for demo_train.csv and demo_stream.csv")] = Path("demo-data"),
+    steps: Annotated[int, typer.Option(help="time steps per entity in the stream file")] = 2000,
+    seed: int = 0,
+) -> None:
+    """Write the demo's synthetic training and stream files (CSV) for the demo topology."""
+    from stream_vae.io import write_csv
+    from stream_vae.synth import generate
+
+    train_s = generate(n_steps=3000, anomaly_rate=0.0, seed=seed)
+    stream_s = generate(n_steps=steps, t0=3000, anomaly_rate=0.004, seed=seed + 1)
+    write_csv(out / "demo_train.csv", train_s.rows)
+    write_csv(out / "demo_stream.csv", stream_s.rows)
+    typer.echo(f"wrote {out}/demo_train.csv ({len(train_s.rows)} rows), {out}/demo_stream.csv "
+               f"({len(stream_s.rows)} rows, {len(stream_s.injected)} injected anomalies)")
+
+
+@app.command()
+@friendly
+def demo(
+    seconds: Annotated[float, typer.Option(help="upper bound on the run time")] = 60.0,
+    json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary as the last stdout line")] = False,
+    rate: Annotated[float, typer.Option(help="records per second to publish")] = 2000.0,
+    pretty: PrettyOpt = True,
+) -> None:
+    """Live demo on an embedded broker: train, register, score a synthetic stream, show alerts."""
+    from stream_vae.demo import run_demo
+
+    summary = run_demo(seconds=seconds, rate=rate, quiet=json_out)
+    if json_out:
+        typer.echo(json.dumps(summary))
+
+
+@bench_app.command("throughput")
+@friendly
+def bench_throughput(
+    records: Annotated[int, typer.Option(help="records per measured run")] = 200_000,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Scored records/s of one worker through the broker, against raw aiokafka and faust baselines."""
+    from stream_vae.bench import run_throughput
+
+    res = run_throughput(records=records, quiet=json_out)
+    typer.echo(json.dumps(res) if json_out else "\n".join(f"{k}: {v}" for k, v in res.items()))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Reading training/replay files (CSV with a header, or .npy) into rows for a topology."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream_vae.exceptions import ConfigError
+from stream_vae.records import FloatArray
+from stream_vae.topology import Topology
+
+
+def read_rows(path: str | Path, topology: Topology) -> list[dict[str, Any]]:
+    """Rows as dicts with the topology's field names. CSV needs a header naming every feature;
+    ``.npy`` is a float array ``[N, D]`` in feature order (entity ``"0"``)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: input file not found")
+    names = topology.feature_names
+    if p.suffix == ".npy":
+        arr = np.load(p, allow_pickle=False)
+        if arr.ndim != 2 or arr.shape[1] != len(names):
+            raise ConfigError(f"{p}: array shape {arr.shape}, topology '{topology.name}' needs [N, {len(names)}]")
+        rows: list[dict[str, Any]] = []
+        for i, x in enumerate(arr.tolist()):
+            r: dict[str, Any] = dict(zip(names, x, strict=True))
+            if topology.key_field:
+                r[topology.key_field] = "0"
+            if topology.timestamp_field:
+                r[topology.timestamp_field] = i
+            rows.append(r)
+        return rows
+    with p.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [n for n in names if n not in header]
+        if missing:
+            raise ConfigError(f"{p}: CSV header lacks feature columns {missing} (has {header[:12]})")
+        keep = [f for f in (topology.key_field, topology.timestamp_field) if f and f in header]
+        out = []
+        for line, r in enumerate(reader, start=2):
+            row: dict[str, Any] = {}
+            for n in names:
+                try:
+                    row[n] = float(r[n])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{p}:{line}: column '{n}' is not a number: {r[n]!r}") from None
+            for f in keep:
+                v: Any = r[f]
+                if f == topology.timestamp_field and isinstance(v, str) and v.lstrip("-").isdigit():
+                    v = int(v)
+                row[f] = v
+            out.append(row)
+        return out
+
+
+def rows_to_matrix(rows: list[dict[str, Any]], topology: Topology) -> tuple[FloatArray, list[str] | None]:
+    X = np.asarray([[r[n] for n in topology.feature_names] for r in rows], dtype=np.float64)
+    finite = np.asarray(np.isfinite(X).all(axis=1), dtype=bool)
+    if not finite.all():
+        bad = int((~finite).sum())
+        if bad > len(X) * 0.05:
+            raise ConfigError(f"{bad} of {len(X)} training rows have non-finite values; clean the file first")
+        X = X[finite]
+        rows = [r for r, ok in zip(rows, finite, strict=True) if ok]
+    ents = [str(r.get(topology.key_field, "")) for r in rows] if topology.key_field else None
+    return X, ents
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
