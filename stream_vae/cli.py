@@ -188,7 +188,9 @@ def produce(
 @friendly
 def alerts(
     topology: Annotated[Path | None, typer.Option("--topology", "-t", help="read this topology's alert topics")] = None,
-    topic: Annotated[list[str] | None, typer.Option(help="topic(s) to read (default alerts.anomaly, alerts.drift)")] = None,
+    topic: Annotated[list[str] | None, typer.Option(help="topic(s) to read [default: alerts.anomaly, alerts.drift]")] = (
+        None
+    ),
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep waiting for new alerts")] = False,
     from_beginning: Annotated[bool, typer.Option(help="start at the oldest retained alert")] = True,
 ) -> None:

@@ -51,6 +51,7 @@ class LoopStats:
     rejected: int = 0
     alerts: int = 0
     committed: int = 0
+    first_batch_at: float = 0.0  # perf_counter when the first non-empty batch arrived
 
 
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -132,6 +133,10 @@ class HotLoop:
             raise
 
     async def stop(self) -> None:
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """Finish the batch in flight, commit it, then leave the group."""
         self._stopping.set()
 
     async def close(self) -> None:
@@ -161,6 +166,7 @@ class HotLoop:
     async def _process(self, got: dict[TopicPartition, list[Any]]) -> None:
         assert self._consumer is not None
         t0 = time.perf_counter()
+        self.stats.first_batch_at = self.stats.first_batch_at or t0
         records = [
             RawRecord(m.value, m.key, m.topic, m.partition, m.offset, m.timestamp or 0)
             for msgs in got.values()

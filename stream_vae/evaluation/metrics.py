@@ -15,6 +15,7 @@ Conventions shared by the anomaly metrics
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -571,11 +572,9 @@ def nab_raw_score(
         widths = np.asarray([r - le + 1 for le, r in spans], dtype=np.int64)
         prev = np.searchsorted(rights, fp_rows, side="left") - 1
         for i, k in zip(fp_rows.tolist(), prev.tolist(), strict=True):
-            if k < 0:
-                unweighted = -1.0
-            else:
-                unweighted = nab_scaled_sigmoid((i - int(rights[k])) / max(int(widths[k]) - 1, 1))
-            score += prof.fp_weight * unweighted
+            # No window before i: weight -1; else the sigmoid of the distance past that window.
+            past = -1.0 if k < 0 else nab_scaled_sigmoid((i - int(rights[k])) / max(int(widths[k]) - 1, 1))
+            score += prof.fp_weight * past
     return float(score)
 
 
@@ -796,7 +795,7 @@ def tcpd_f1(
 
 def _partition(cps: set[int], n_obs: int) -> list[tuple[int, int]]:
     bounds = [*sorted(cps), n_obs]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _jaccard(a: tuple[int, int], b: tuple[int, int]) -> float:
