@@ -188,7 +188,7 @@ def produce(
 @friendly
 def alerts(
     topology: Annotated[Path | None, typer.Option("--topology", "-t", help="read this topology's alert topics")] = None,
-    topic: Annotated[list[str] | None, typer.Option(help="topic(s) to read [default: alerts.anomaly, alerts.drift]")] = (
+    topic: Annotated[list[str] | None, typer.Option(help="topic(s) [default: alerts.anomaly, alerts.drift]")] = (
         None
     ),
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep waiting for new alerts")] = False,
