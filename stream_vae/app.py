@@ -7,8 +7,10 @@ scoring hot path is ``HotLoop`` (own aiokafka consumer, batches) run as a faust 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,13 +55,16 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
         "broker_rebalance_timeout": k.rebalance_timeout_ms / 1000,
         "broker_heartbeat_interval": max(0.5, k.session_timeout_ms / 4000),
     }
+    ctx = ssl.create_default_context(cafile=k.ssl_cafile) if k.security_protocol in ("SSL", "SASL_SSL") else None
     if k.sasl_mechanism:
         kw["broker_credentials"] = faust.SASLCredentials(
             username=k.sasl_username,
             password=k.sasl_password.get_secret_value() if k.sasl_password else None,
             mechanism=k.sasl_mechanism,
-            ssl_context=ssl.create_default_context() if k.security_protocol == "SASL_SSL" else None,
+            ssl_context=ctx,
         )
+    elif ctx is not None:
+        kw["broker_credentials"] = faust.SSLCredentials(ctx)
     return kw
 
 
@@ -70,6 +75,8 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
         f"stream-vae-{topology.name}-{socket.gethostname()}",
         **faust_broker_kwargs(settings),
         store="memory://",
+        # faust keeps a data directory; under the temp dir it works on a read-only root filesystem
+        datadir=os.path.join(tempfile.gettempdir(), "stream-vae-{conf.name}-data"),
         web_enabled=True,
         web_bind=w.http_host,
         web_port=w.http_port,

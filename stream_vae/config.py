@@ -36,6 +36,7 @@ class KafkaSettings(_Frozen):
     sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = Field(default=None, description="CA bundle for SSL/SASL_SSL (default: system CAs)")
     client_id: str = "stream-vae"
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     rebalance_timeout_ms: int = Field(default=10_000, ge=1000)
@@ -47,6 +48,10 @@ class KafkaSettings(_Frozen):
             "security_protocol": self.security_protocol,
             "client_id": self.client_id,
         }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
         if self.sasl_mechanism:
             kw["sasl_mechanism"] = self.sasl_mechanism
             kw["sasl_plain_username"] = self.sasl_username

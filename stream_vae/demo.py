@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from stream_vae.config import KafkaSettings, RedisSettings
@@ -275,11 +274,7 @@ class Demo:
             i = where.get((r["partition"], r["offset"]))
             if i is not None and i in row_of:
                 alert_rows.add(row_of[i])
-        ents = np.asarray(stream.entities)
-        detected = 0
-        for inj in stream.injected:
-            rows = np.flatnonzero((ents == inj.entity) & (stream.steps >= inj.start) & (stream.steps < inj.end))
-            detected += any(int(k) in alert_rows for k in rows)
+        detected = stream.count_detected(alert_rows)
         on_anomalous = sum(1 for k in alert_rows if stream.anomalous[k])
         normal = max(1, int((~stream.anomalous).sum()))
         summary = {

@@ -40,6 +40,15 @@ class SynthStream:
     injected: list[Injected] = field(default_factory=list)
     anomalous: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # type: ignore[type-arg]
 
+    def rows_of(self, inj: Injected) -> np.ndarray:  # type: ignore[type-arg]
+        """Row indices (arrival order) that belong to one injected anomaly."""
+        ents = np.asarray(self.entities)
+        return np.flatnonzero((ents == inj.entity) & (self.steps >= inj.start) & (self.steps < inj.end))
+
+    def count_detected(self, flagged_rows: set[int]) -> int:
+        """How many injected anomalies have at least one flagged row."""
+        return sum(any(int(k) in flagged_rows for k in self.rows_of(inj)) for inj in self.injected)
+
 
 def _entity_series(rng: np.random.Generator, n: int, t0: int, scale: float, drift_at: int | None) -> FloatArray:
     t = np.arange(t0, t0 + n)

@@ -118,15 +118,12 @@ class Entity:
 def list_entities(data_dir: str | Path) -> list[str]:
     """Names of the entities of an SMD-like folder (files in ``test/``), in natural order.
 
-    Examples
-    --------
-    >>> import tempfile, numpy as np, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> (d / "test").mkdir()
-    >>> for n in ("omi-10", "omi-2"):
-    ...     np.save(d / "test" / f"{n}.npy", np.zeros((1, 1), np.float32))
-    >>> list_entities(d)
-    ['omi-2', 'omi-10']
+    Natural order sorts the numbers in names numerically: ``omi-2`` comes before ``omi-10``.
+
+    Raises
+    ------
+    DatasetLayoutError
+        ``test/`` is missing or holds no ``.npy`` file.
     """
     test_dir = _require(Path(data_dir) / "test", SMD_LAYOUT)
     names = [p.stem for p in test_dir.glob("*.npy")]

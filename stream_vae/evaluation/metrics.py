@@ -319,7 +319,8 @@ def hitrate_at_p(
     The *used* points are the detected points inside the segment when ``pred`` is given (pass the
     raw or the point-adjusted predictions; they are taken as they are), or every labelled point of
     the segment when ``pred`` is None. Segments with no used point, or with an empty ``G``, are
-    left out of the average.
+    left out of the average. To follow ``smd/RESULTS.md`` (detected points only), pass ``pred``:
+    typically the point-adjusted predictions at the best-F1 threshold.
 
     Parameters
     ----------
@@ -507,7 +508,7 @@ def nab_raw_score(
     * Window ``[l, r]`` (``w = r - l + 1`` rows) detected first at row ``i`` adds
       ``tp_weight * sigma(-(r - i + 1) / w) / sigma(-1)``, with ``sigma`` the scaled sigmoid: the
       earliest possible detection earns exactly ``tp_weight``, one at the last row about
-      ``0.1 * tp_weight`` (w = 29). Only the first detection in a window counts; later ones in
+      ``0.09 * tp_weight`` (w = 29). Only the first detection in a window counts; later ones in
       the same window neither add nor cost anything.
     * A window with no (post-probation) detection costs ``fn_weight``.
     * A detection outside every window costs ``fp_weight * sigma((i - r') / (w' - 1))`` where

@@ -1,0 +1,273 @@
+{{/*
+Names, labels and the shared pod pieces of stream-vae.
+*/}}
+
+{{- define "stream-vae.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "stream-vae.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stream-vae.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "stream-vae.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "stream-vae.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "stream-vae.labels" -}}
+helm.sh/chart: {{ include "stream-vae.chart" . }}
+{{ include "stream-vae.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: stream-vae
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "stream-vae.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "stream-vae.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stream-vae.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stream-vae.topologiesConfigMap" -}}
+{{- printf "%s-topologies" (include "stream-vae.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Directory the topologies ConfigMap is mounted at (also STREAM_VAE_TOPOLOGY_DIR). */}}
+{{- define "stream-vae.topologyDir" -}}/etc/stream-vae/topologies{{- end -}}
+
+{{/*
+The enabled topologies, checked and resolved, as a JSON object {"items": [...]}, sorted by name.
+Each item: name, slug (DNS-safe), file, partitions, replicas, maxReplicas, resources, inputTopic,
+consumerGroup, keyField, timestampField, features, anomalyTopic, driftTopic, dlqTopic, text. Fails with a message naming the topology
+when its YAML is unreadable or disagrees with the values.
+*/}}
+{{- define "stream-vae.topologies" -}}
+{{- $items := list -}}
+{{- range $key := keys .Values.topologies | sortAlpha -}}
+{{- $t := get $.Values.topologies $key -}}
+{{- if and $t (ne (toString (dig "enabled" true $t)) "false") -}}
+{{- if not $t.topology -}}
+{{- fail (printf "topologies.%s.topology: the topology YAML text is required" $key) -}}
+{{- end -}}
+{{- $doc := fromYaml $t.topology -}}
+{{- if hasKey $doc "Error" -}}
+{{- fail (printf "topologies.%s.topology: not valid YAML: %s" $key (get $doc "Error")) -}}
+{{- end -}}
+{{- if ne (toString (get $doc "name")) $key -}}
+{{- fail (printf "topologies.%s.topology: `name:` is %q but must equal the values key %q (it names the consumer group stream-vae.<name>)" $key (toString (get $doc "name")) $key) -}}
+{{- end -}}
+{{- if not (get $doc "input_topic") -}}
+{{- fail (printf "topologies.%s.topology: `input_topic:` is required" $key) -}}
+{{- end -}}
+{{- $partitions := int (default (default 4 (get $doc "partitions")) $t.partitions) -}}
+{{- if and (hasKey $doc "partitions") (ne (int (get $doc "partitions")) $partitions) -}}
+{{- fail (printf "topologies.%s: partitions is %d but the topology YAML says partitions: %d; make them agree" $key $partitions (int (get $doc "partitions"))) -}}
+{{- end -}}
+{{- $replicas := int (ternary $.Values.worker.replicaCount $t.replicaCount (kindIs "invalid" $t.replicaCount)) -}}
+{{- if kindIs "invalid" $t.replicaCount -}}
+{{- $replicas = min $replicas $partitions | int -}}
+{{- end -}}
+{{- if gt $replicas $partitions -}}
+{{- fail (printf "topologies.%s.replicaCount (%d) is above its partitions (%d): extra consumers would sit idle" $key $replicas $partitions) -}}
+{{- end -}}
+{{- $max := $partitions -}}
+{{- if not (kindIs "invalid" $t.maxReplicas) -}}
+{{- $max = int $t.maxReplicas -}}
+{{- else if and $.Values.worker.keda.enabled (not (kindIs "invalid" $.Values.worker.keda.maxReplicaCount)) -}}
+{{- $max = min (int $.Values.worker.keda.maxReplicaCount) $partitions | int -}}
+{{- else if and $.Values.worker.autoscaling.enabled (not (kindIs "invalid" $.Values.worker.autoscaling.maxReplicas)) -}}
+{{- $max = min (int $.Values.worker.autoscaling.maxReplicas) $partitions | int -}}
+{{- end -}}
+{{- if gt $max $partitions -}}
+{{- fail (printf "topologies.%s.maxReplicas (%d) is above its partitions (%d): extra consumers would sit idle" $key $max $partitions) -}}
+{{- end -}}
+{{- $alerts := default dict (get $doc "alerts") -}}
+{{- $features := list -}}
+{{- range $f := (default list (get $doc "features")) -}}
+{{- if kindIs "map" $f -}}{{- $features = append $features (toString (get $f "name")) -}}{{- end -}}
+{{- end -}}
+{{- $slug := regexReplaceAll "[^a-z0-9-]+" $key "-" | trunc 40 | trimSuffix "-" -}}
+{{- $item := dict
+      "name" $key
+      "slug" $slug
+      "file" (printf "%s.yaml" $key)
+      "partitions" $partitions
+      "replicas" $replicas
+      "maxReplicas" $max
+      "resources" (default $.Values.worker.resources $t.resources)
+      "inputTopic" (toString (get $doc "input_topic"))
+      "keyField" (toString (default "" (get $doc "key_field")))
+      "timestampField" (toString (default "" (get $doc "timestamp_field")))
+      "features" $features
+      "consumerGroup" (printf "stream-vae.%s" $key)
+      "anomalyTopic" (toString (default "alerts.anomaly" (get $alerts "anomaly_topic")))
+      "driftTopic" (toString (default "alerts.drift" (get $alerts "drift_topic")))
+      "dlqTopic" (toString (default "stream-vae.dlq" (get $alerts "dlq_topic")))
+      "text" $t.topology -}}
+{{- $items = append $items $item -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (dict "items" $items) -}}
+{{- end -}}
+
+{{/* Name of one worker Deployment (and of its HPA / ScaledObject / PDB). Argument: (list $ $item). */}}
+{{- define "stream-vae.workerName" -}}
+{{- $ := index . 0 -}}{{- $item := index . 1 -}}
+{{- printf "%s-worker-%s" (include "stream-vae.fullname" $) $item.slug | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "stream-vae.trainerName" -}}
+{{- printf "%s-trainer" (include "stream-vae.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Environment shared by workers and the trainer. Every name is a field of
+stream_vae.config.Settings (prefix STREAM_VAE_, nested delimiter "__"); secrets come only from
+secretKeyRef.
+*/}}
+{{- define "stream-vae.env" -}}
+- name: STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS
+  value: {{ .Values.kafka.bootstrapServers | quote }}
+- name: STREAM_VAE_KAFKA__SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+{{- with .Values.kafka.clientId }}
+- name: STREAM_VAE_KAFKA__CLIENT_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.kafka.sessionTimeoutMs) }}
+- name: STREAM_VAE_KAFKA__SESSION_TIMEOUT_MS
+  value: {{ .Values.kafka.sessionTimeoutMs | int | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.kafka.rebalanceTimeoutMs) }}
+- name: STREAM_VAE_KAFKA__REBALANCE_TIMEOUT_MS
+  value: {{ .Values.kafka.rebalanceTimeoutMs | int | quote }}
+{{- end }}
+{{- if .Values.kafka.sasl.mechanism }}
+- name: STREAM_VAE_KAFKA__SASL_MECHANISM
+  value: {{ .Values.kafka.sasl.mechanism | quote }}
+- name: STREAM_VAE_KAFKA__SASL_USERNAME
+  value: {{ .Values.kafka.sasl.username | quote }}
+- name: STREAM_VAE_KAFKA__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.existingSecret | quote }}
+      key: {{ .Values.kafka.sasl.passwordKey | quote }}
+{{- end }}
+- name: STREAM_VAE_REDIS__URL
+  value: {{ .Values.redis.url | quote }}
+{{- with .Values.redis.prefix }}
+- name: STREAM_VAE_REDIS__PREFIX
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.redis.existingSecret }}
+- name: STREAM_VAE_REDIS__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret | quote }}
+      key: {{ .Values.redis.passwordKey | quote }}
+{{- end }}
+{{- if .Values.modelSigning.existingSecret }}
+- name: STREAM_VAE_MODEL_SIGNING_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.modelSigning.existingSecret | quote }}
+      key: {{ .Values.modelSigning.key | quote }}
+{{- end }}
+- name: STREAM_VAE_WORKER__HTTP_PORT
+  value: {{ .Values.http.port | int | quote }}
+- name: STREAM_VAE_LOG_FORMAT
+  value: {{ .Values.logging.format | quote }}
+- name: STREAM_VAE_LOG_LEVEL
+  value: {{ .Values.logging.level | quote }}
+- name: STREAM_VAE_TOPOLOGY_DIR
+  value: {{ include "stream-vae.topologyDir" . | quote }}
+{{- end -}}
+
+{{/* Pod-level security context: fixed hardening plus the ids from values. */}}
+{{- define "stream-vae.podSecurityContext" -}}
+runAsNonRoot: true
+{{- with .Values.podSecurityContext }}
+{{- if not (kindIs "invalid" .runAsUser) }}
+runAsUser: {{ .runAsUser | int }}
+{{- end }}
+{{- if not (kindIs "invalid" .runAsGroup) }}
+runAsGroup: {{ .runAsGroup | int }}
+{{- end }}
+{{- if not (kindIs "invalid" .fsGroup) }}
+fsGroup: {{ .fsGroup | int }}
+{{- end }}
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "stream-vae.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* HTTP probes on the named port. Argument: the component's values (startupProbe, livenessProbe, readinessProbe). */}}
+{{- define "stream-vae.probes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  {{- toYaml .startupProbe | nindent 2 }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  {{- toYaml .livenessProbe | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: http
+  {{- toYaml .readinessProbe | nindent 2 }}
+{{- end -}}
+
+{{/* Checks across values that the JSON schema cannot state clearly. Renders nothing. */}}
+{{- define "stream-vae.validate" -}}
+{{- $topologies := (include "stream-vae.topologies" . | fromJson).items -}}
+{{- if not $topologies -}}
+{{- fail "topologies: no topology is enabled; list at least one stream (see values.yaml `topologies.demo`)" -}}
+{{- end -}}
+{{- if and .Values.worker.autoscaling.enabled .Values.worker.keda.enabled -}}
+{{- fail "worker.autoscaling.enabled and worker.keda.enabled are both true: KEDA manages its own HorizontalPodAutoscaler, pick one" -}}
+{{- end -}}
+{{- if regexMatch "^[a-z]+://[^/@]*:[^/@]*@" .Values.redis.url -}}
+{{- fail "redis.url carries a password: put it in a Secret and name it in redis.existingSecret (key redis.passwordKey); passwords never go into values or ConfigMaps" -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,64 @@
+"""Settings: env names, defaults from the conventional variables, secrets never printed."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from structlog.testing import capture_logs
+
+from stream_vae.config import Settings
+
+
+def test_nested_env_and_secret_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """STREAM_VAE_* nested variables are read and secrets stay out of str()."""
+    monkeypatch.setenv("STREAM_VAE_KAFKA__SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("STREAM_VAE_REDIS__URL", "redis://user:pw123@h:6379/0")
+    monkeypatch.setenv("STREAM_VAE_WORKER__HTTP_PORT", "9999")
+    s = Settings()
+    assert s.worker.http_port == 9999
+    assert s.kafka.sasl_password is not None and s.kafka.sasl_password.get_secret_value() == "hunter2"
+    text = str(s) + repr(s)
+    assert "hunter2" not in text and "pw123" not in text
+    assert s.redis.redacted_url() == "redis://user:***@h:6379/0"
+
+
+def test_conventional_variables_are_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are honoured when the STREAM_VAE_ ones are unset."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k:1")
+    monkeypatch.setenv("REDIS_URL", "redis://r:2/0")
+    s = Settings()
+    assert s.kafka.bootstrap_servers == "k:1" and s.redis.url == "redis://r:2/0"
+
+
+def test_bad_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An invalid enumerated option is a validation error."""
+    monkeypatch.setenv("STREAM_VAE_KAFKA__SECURITY_PROTOCOL", "TLS")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_log_redacts_secret_keys() -> None:
+    """A secret bound to a log event is masked by the logging processor."""
+    from stream_vae.logging import _redact
+
+    with capture_logs() as logs:
+        import structlog
+
+        structlog.get_logger().info("connect", sasl_password="hunter2")
+    assert logs and logs[0]["event"] == "connect"
+    assert _redact(None, "info", {"sasl_password": "x", "redis_password": "y", "ok": 1}) == {
+        "sasl_password": "***", "redis_password": "***", "ok": 1,
+    }
+
+
+@pytest.mark.parametrize("proto", ["SSL", "SASL_SSL"])
+def test_tls_protocols_get_an_ssl_context(proto: str) -> None:
+    """SSL and SASL_SSL client settings carry an SSL context (aiokafka requires one)."""
+    import ssl
+
+    from stream_vae.config import KafkaSettings
+
+    kw = KafkaSettings(security_protocol=proto, sasl_mechanism="PLAIN" if proto == "SASL_SSL" else None,
+                       sasl_username="u").client_kwargs()  # type: ignore[arg-type]
+    assert isinstance(kw["ssl_context"], ssl.SSLContext)
+    assert "ssl_context" not in KafkaSettings().client_kwargs()

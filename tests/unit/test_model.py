@@ -1,0 +1,84 @@
+"""The VAE, its training and its scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stream_vae.exceptions import ConfigError
+from stream_vae.model.scorer import VAEScorer
+from stream_vae.model.vae import VAE
+from stream_vae.synth import generate
+from stream_vae.testing import quick_model, synth_topology
+
+
+def test_vae_shapes_and_kl_nonnegative() -> None:
+    """Encoder/decoder shapes match and the KL term is never negative."""
+    vae = VAE(5, hidden=(8, 4), latent_dim=2)
+    x = torch.randn(7, 5)
+    x_hat, mu, logvar = vae(x)
+    assert x_hat.shape == (7, 5) and mu.shape == (7, 2) and logvar.shape == (7, 2)
+    assert torch.all(VAE.kl(mu, logvar) >= -1e-6)
+
+
+def test_training_lowers_validation_loss_and_calibrates() -> None:
+    """Training reduces the validation ELBO and yields a calibrated threshold."""
+    m = quick_model(synth_topology(epochs=8))
+    assert m.history[-1]["val"] < m.history[0]["val"]
+    assert m.calibrator.calibrated
+    assert len(m.reference["latent_mu_mean"]) == 3
+
+
+def test_anomalies_score_higher_than_normal() -> None:
+    """Injected anomalies get clearly higher scores than normal records."""
+    topo = synth_topology(epochs=10)
+    m = quick_model(topo)
+    s = generate(n_steps=1500, t0=1200, anomaly_rate=0.01, seed=5)
+    scores = m.scorer().score_many(m.scaler.transform(s.X)).score
+    assert np.median(scores[s.anomalous]) > np.quantile(scores[~s.anomalous], 0.95)
+
+
+def test_contributions_point_at_the_changed_feature() -> None:
+    """A spike on one feature makes that feature the top contributor."""
+    topo = synth_topology(epochs=10)
+    m = quick_model(topo)
+    s = generate(n_steps=300, t0=1200, anomaly_rate=0.0, seed=6)
+    X = s.X.copy()
+    sd = s.X.std(0)
+    X[10, 6] += 10 * sd[6]  # errors
+    res = VAEScorer(m.vae, n_features=8, model_version="x").score_many(m.scaler.transform(X))
+    assert int(np.argmax(res.contributions[10])) == 6
+    assert np.all(res.contributions >= 0)
+
+
+def test_training_rejects_bad_data() -> None:
+    """Wrong shapes, too few rows and NaNs fail with a message that says what to fix."""
+    topo = synth_topology()
+    with pytest.raises(ConfigError, match="expects 8 columns"):
+        quick_model_x(np.zeros((200, 3)), topo)
+    with pytest.raises(ConfigError, match="at least 100"):
+        quick_model_x(np.zeros((50, 8)), topo)
+    bad = np.zeros((200, 8))
+    bad[3, 2] = np.nan
+    with pytest.raises(ConfigError, match="NaN"):
+        quick_model_x(bad, topo)
+
+
+def quick_model_x(X: np.ndarray, topo: object) -> object:
+    from stream_vae.model.train import train_model
+
+    return train_model(X, topo)  # type: ignore[arg-type]
+
+
+def test_windowed_model_trains_and_scores() -> None:
+    """A window > 1 trains on per-entity windows and scores with per-feature contributions."""
+    topo = synth_topology(epochs=3, window=4)
+    m = quick_model(topo, steps=400)
+    assert m.vae.n_in == 32
+    from stream_vae.preprocess import make_windows
+
+    raw = generate(n_steps=5, t0=400, anomaly_rate=0.0, seed=9).X
+    res = m.scorer().score_many(m.scaler.transform(make_windows(raw, 4)))
+    assert res.contributions.shape == (len(raw), 8)
+    assert np.all(np.isfinite(res.score))

@@ -1,0 +1,61 @@
+"""Topology files are validated strictly and errors name the file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_vae.exceptions import TopologyError
+from stream_vae.topology import load_all, load_topology, parse_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = {"name": "s", "input_topic": "in", "features": [{"name": "a"}]}
+
+
+def test_every_shipped_topology_loads() -> None:
+    """Each file in topologies/ parses into a valid topology."""
+    topos = load_all(ROOT / "topologies")
+    assert "demo" in topos
+    assert topos["demo"].feature_names[0] == "cpu"
+
+
+def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
+    """An unknown key fails with the file path and the offending field."""
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: s\ninput_topic: in\nfeatures: [{name: a}]\nmodel: {latent: 3}\n")
+    with pytest.raises(TopologyError, match=r"bad\.yaml: field 'model\.latent'"):
+        load_topology(p)
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"name": "Bad Name"}, "name"),
+        ({"features": []}, "features"),
+        ({"calibration": {"fpr": 0.9}}, "calibration.fpr"),
+        ({"features": [{"name": "a"}, {"name": "a"}]}, "<root>"),
+        ({"features": [{"name": "a", "min": 2, "max": 1}]}, "features.0"),
+        ({"window": 0}, "window"),
+    ],
+)
+def test_bad_values_are_rejected(patch: dict[str, object], field: str) -> None:
+    """Bad values are refused with the field path in the message."""
+    with pytest.raises(TopologyError, match=f"field '{field}"):
+        parse_topology({**BASE, **patch}, source="x.yaml")
+
+
+def test_duplicate_stream_names_rejected(tmp_path: Path) -> None:
+    """Two files may not monitor the same stream name."""
+    for n in ("a", "b"):
+        (tmp_path / f"{n}.yaml").write_text("name: s\ninput_topic: in\nfeatures: [{name: a}]\n")
+    with pytest.raises(TopologyError, match="already used"):
+        load_all(tmp_path)
+
+
+def test_invalid_yaml_is_a_topology_error(tmp_path: Path) -> None:
+    """Unparseable YAML is reported as such, with the file named."""
+    p = tmp_path / "t.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(TopologyError, match="not valid YAML"):
+        load_topology(p)
