@@ -59,4 +59,4 @@ class Pipeline:
             batch, result, flagged, p_all,
             threshold=cal.threshold, calibration_id=model.calibration_id, drift_episode=drift_episode,
         )
-        return BatchOutcome(batch.records, alerts, rejected, result, cal.threshold, model.version, flagged)
+        return BatchOutcome(batch.records, alerts, rejected, result, cal.threshold, model.version, flagged, batch=batch)

@@ -115,6 +115,7 @@ class BatchOutcome:
     threshold: float
     model_version: str
     is_anomaly: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    batch: ValidBatch | None = None  # the validated input (raw features, keys): the reservoir keeps it
 
 
 def envelope(type_: str, *, source: str, data: dict[str, Any], id: str = "", time: str = "") -> dict[str, Any]:

@@ -64,6 +64,58 @@ class CalibrationSpec(_Strict):
     smoothing: int = Field(default=1, ge=1, le=1000, description="average the score over the last n records")
 
 
+DriftTest = Literal["score", "latent", "multivariate"]
+DuringDrift = Literal["mark", "suppress_medium", "suppress_all"]
+
+
+class DriftSpec(_Strict):
+    """Online drift tests on the latent posterior and the score stream, and what a drift triggers."""
+
+    enabled: bool = True
+    tests: tuple[DriftTest, ...] = ("score", "latent", "multivariate")
+    block_size: int = Field(default=200, ge=10, description="records summarised into one detector input")
+    delta: float = Field(default=0.002, gt=0, lt=1, description="ADWIN confidence; smaller = fewer false alarms")
+    warmup_blocks: int = Field(default=10, ge=0, description="blocks seen before any drift can be declared")
+    min_shift: float = Field(
+        default=0.5, ge=0, description="ignore changes smaller than this many reference standard deviations"
+    )
+    cooldown_s: float = Field(default=300.0, ge=0, description="minimum time between recalibration events")
+    episode_timeout_s: float = Field(default=900.0, gt=0, description="a drift episode closes after this long")
+    retrain_on: tuple[DriftTest, ...] = Field(
+        default=("latent", "multivariate"), description="tests whose drift asks for a full retrain"
+    )
+
+
+class RetrainSpec(_Strict):
+    """Reservoir of recent records in Redis and the gates a candidate model must pass."""
+
+    buffer_size: int = Field(default=20_000, ge=100, description="recent records kept in Redis for retraining")
+    sample_every: int = Field(default=1, ge=1, description="keep every n-th scored record in the reservoir")
+    min_records: int = Field(default=3000, ge=100, description="post-drift records needed before training")
+    holdout_fraction: float = Field(default=0.25, gt=0, lt=0.9, description="newest share kept for validation")
+    max_alert_rate_factor: float = Field(
+        default=3.0, gt=1, description="candidate may flag at most factor x fpr of held-out recent records"
+    )
+    max_train_seconds: float = Field(default=300.0, gt=0)
+    wait_timeout_s: float = Field(default=1800.0, gt=0, description="give up waiting for post-drift records")
+
+
+class GuardSpec(_Strict):
+    """After a swap: roll back automatically if the new version alerts far beyond its budget."""
+
+    enabled: bool = True
+    records: int = Field(default=3000, ge=100, description="records watched after a swap")
+    max_alert_rate_factor: float = Field(default=5.0, gt=1)
+    min_alerts: int = Field(default=10, ge=1, description="never roll back on fewer alerts than this")
+
+
+class ControlSpec(_Strict):
+    """Control topics shared by workers and the trainer."""
+
+    recalibrate_topic: str = "control.recalibrate"
+    model_topic: str = "control.model"
+
+
 class AlertSpec(_Strict):
     """Where alerts go and what they carry."""
 
@@ -75,6 +127,13 @@ class AlertSpec(_Strict):
     # Severity from the p-value, relative to the FPR budget: p <= fpr*high -> high, p <= fpr*critical -> critical.
     severity_high: float = Field(default=0.1, gt=0, le=1)
     severity_critical: float = Field(default=0.01, gt=0, le=1)
+    cooldown_s: float = Field(default=60.0, ge=0, description="at most one anomaly alert per key in this time")
+    during_drift: DuringDrift = Field(
+        default="suppress_medium", description="while a drift episode is open: mark alerts, or drop lower ones"
+    )
+    audit_topic: str | None = Field(
+        default=None, description="if set, one message per batch: scored offset ranges and model version"
+    )
 
 
 class Topology(_Strict):
@@ -90,6 +149,10 @@ class Topology(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     alerts: AlertSpec = Field(default_factory=AlertSpec)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec)
+    guard: GuardSpec = Field(default_factory=GuardSpec)
+    control: ControlSpec = Field(default_factory=ControlSpec)
     max_record_bytes: int = Field(default=65_536, ge=64)
     partitions: int = Field(default=4, ge=1, le=1024, description="partitions to create for the input topic")
 

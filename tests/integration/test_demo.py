@@ -13,8 +13,8 @@ pytestmark = pytest.mark.integration
 
 def test_demo_summary(kafka_bootstrap: str, redis_url: str) -> None:
     """The demo scores every valid record, sends every invalid one to the DLQ and catches most anomalies."""
-    r = cli("demo", "--seconds", "45", "--json", "--rate", "1500",
-            env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "REDIS_URL": redis_url}, timeout=120)
+    r = cli("demo", "--seconds", "90", "--json", "--rate", "600",
+            env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "REDIS_URL": redis_url}, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
     for key in ("records_sent", "records_scored", "alerts", "dlq", "injected_anomalies", "injected_detected",

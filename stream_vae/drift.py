@@ -1,0 +1,256 @@
+"""drift monitor: sequential tests on the latent posterior and the score stream, bounded memory.
+
+Records are summarised into blocks of ``block_size``; each block gives one value per test:
+
+- ``score``: the block's mean score in reference standard deviations (the VAE's surprise);
+- ``latent``: per latent dimension, the block's mean posterior mean in reference units;
+- ``multivariate``: the block's mean squared Mahalanobis norm of the posterior mean (diagonal
+  reference covariance), a chi-square-like statistic over all dimensions at once.
+
+Each value stream is watched by river's ADWIN (``delta``); a change is declared when ADWIN
+shrinks its window *and* the two sides differ by at least ``min_shift`` reference units, so
+slow seasonal wobble and tiny, harmless shifts do not page anyone. Detector state is the bounded
+history of block values, replayed into fresh detectors on ``restore`` (river objects are never
+pickled). The monitor also keeps exponentially weighted means of the per-feature contributions and of
+the latent dimensions to say which of them a drift implicates.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stream_vae.records import FloatArray
+from stream_vae.topology import Topology
+
+_HISTORY = 256  # block values kept per detector for snapshot/replay
+
+
+@dataclass(frozen=True)
+class DriftSignal:
+    """A declared change in one monitored quantity."""
+
+    stream: str
+    topology_id: str
+    test: str  # "score" | "latent" | "multivariate"
+    detector: str
+    statistic: float  # shift, in reference standard deviations, between ADWIN's two sub-windows
+    threshold: float  # min_shift
+    window: int  # records in the detector window after the cut
+    latent_dims: list[int] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    model_version: str = ""
+    partition: int | None = None
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream, "topology_id": self.topology_id, "test": self.test, "detector": self.detector,
+            "statistic": round(self.statistic, 4), "threshold": self.threshold, "window": self.window,
+            "latent_dims": self.latent_dims, "features": self.features, "model_version": self.model_version,
+            "partition": self.partition,
+        }
+
+
+def _ewm(prev: FloatArray, batch_mean: FloatArray, alpha: float, n: int) -> FloatArray:
+    """Exponentially weighted mean after n observations whose mean is batch_mean (batch treated as one step)."""
+    w = (1 - alpha) ** n
+    out: FloatArray = w * prev + (1 - w) * batch_mean
+    return out
+
+
+class AdwinWatch:
+    """River ADWIN on one value stream, with a minimum shift size and a replayable bounded history.
+
+    Examples
+    --------
+    >>> w = AdwinWatch(delta=0.002, min_shift=0.5)
+    >>> fired = [w.update(v) for v in [0.0] * 60 + [2.0] * 60]
+    >>> any(fired[:60]), any(fired[60:])
+    (False, True)
+    """
+
+    state_keys = ("history",)
+
+    def __init__(self, *, delta: float = 0.002, min_shift: float = 0.5) -> None:
+        self.delta = delta
+        self.min_shift = min_shift
+        self._reset()
+
+    def _reset(self) -> None:
+        from river.drift import ADWIN
+
+        # check every block (river defaults to every 32 inputs: at block level that is thousands of records)
+        self._adwin = ADWIN(delta=self.delta, clock=1, grace_period=5, min_window_length=3)  # type: ignore[no-untyped-call]
+        self._history: deque[float] = deque(maxlen=_HISTORY)
+        self._since_cut: deque[float] = deque(maxlen=_HISTORY)
+        self.last_shift = 0.0
+
+    def update(self, x: float) -> bool:
+        before = list(self._since_cut)
+        self._adwin.update(float(x))  # type: ignore[no-untyped-call]
+        self._history.append(float(x))
+        self._since_cut.append(float(x))
+        if not self._adwin.drift_detected:
+            return False
+        # ADWIN dropped its older part: compare what it dropped with what it kept
+        kept = max(1, int(self._adwin.width))
+        old, new = before[:-kept + 1] or before, self._since_cut.copy()
+        new_vals = list(new)[-kept:]
+        self.last_shift = float(np.mean(new_vals) - np.mean(old)) if old else 0.0
+        self._since_cut = deque(new_vals, maxlen=_HISTORY)
+        return abs(self.last_shift) >= self.min_shift
+
+    @property
+    def width(self) -> int:
+        return int(self._adwin.width)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"history": list(self._history)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._reset()
+        for v in state.get("history", []):
+            self.update(v)
+
+
+class DriftMonitor:
+    """Drift tests for one stream partition (or one series in an evaluation).
+
+    Parameters
+    ----------
+    topology
+        Supplies the block size, tests, ADWIN delta and minimum shift.
+    reference
+        The model's reference statistics (``latent_mu_mean``, ``latent_mu_std``, ``score_mean``,
+        ``score_std``) from held-out training data; stored in the model manifest.
+    """
+
+    def __init__(self, topology: Topology, reference: dict[str, Any], *, model_version: str = "",
+                 partition: int | None = None) -> None:
+        self.topology = topology
+        self.reference = reference
+        self.model_version = model_version
+        self.partition = partition
+        self._reset()
+
+    def _reset(self) -> None:
+        spec = self.topology.drift
+        ref = self.reference
+        self._mu0 = np.asarray(ref.get("latent_mu_mean", []), dtype=np.float64)
+        self._sd0 = np.maximum(np.asarray(ref.get("latent_mu_std", []), dtype=np.float64), 1e-6)
+        self._s0 = float(ref.get("score_mean", 0.0))
+        self._ssd = max(float(ref.get("score_std", 1.0)), 1e-6)
+        L = len(self._mu0)
+
+        def mk() -> AdwinWatch:
+            return AdwinWatch(delta=spec.delta, min_shift=spec.min_shift)
+
+        self._watch: dict[str, AdwinWatch] = {}
+        if "score" in spec.tests:
+            self._watch["score"] = mk()
+        if "multivariate" in spec.tests and L:
+            self._watch["multivariate"] = mk()
+        if "latent" in spec.tests:
+            for d in range(L):
+                self._watch[f"latent.{d}"] = mk()
+        self._sums: dict[str, float] = {k: 0.0 for k in self._watch}
+        self._n = 0
+        self._blocks = 0
+        self._ewm_feat: FloatArray | None = None
+        self._ewm_lat = np.zeros(L)
+        self.signals_total = 0
+
+    def update(
+        self, *, score: FloatArray, latent_mu: FloatArray, contributions: FloatArray | None = None
+    ) -> list[DriftSignal]:
+        """Feed one batch (any size); returns the drift signals declared by the blocks it completed."""
+        spec = self.topology.drift
+        if not spec.enabled or len(score) == 0:
+            return []
+        zl = (latent_mu - self._mu0) / self._sd0 if len(self._mu0) else np.zeros((len(score), 0))
+        zs = (score - self._s0) / self._ssd
+        a = 2.0 / (1 + spec.block_size * 5)  # EWMA over ~5 blocks
+        if contributions is not None and contributions.size:
+            m = contributions.mean(0)
+            self._ewm_feat = m if self._ewm_feat is None else _ewm(self._ewm_feat, m, a, len(contributions))
+        if zl.size:
+            self._ewm_lat = _ewm(self._ewm_lat, zl.mean(0), a, len(zl))
+        out: list[DriftSignal] = []
+        i = 0
+        B = spec.block_size
+        while i < len(score):
+            take = min(B - self._n, len(score) - i)
+            sl = slice(i, i + take)
+            if "score" in self._sums:
+                self._sums["score"] += float(zs[sl].sum())
+            if "multivariate" in self._sums:
+                # mean squared standardised norm per dimension: 1 under the reference, larger after a shift
+                self._sums["multivariate"] += float((zl[sl] ** 2).mean(axis=1).sum())
+            for d in range(zl.shape[1]):
+                key = f"latent.{d}"
+                if key in self._sums:
+                    self._sums[key] += float(zl[sl, d].sum())
+            self._n += take
+            i += take
+            if self._n == B:
+                out += self._close_block()
+        return out
+
+    def _close_block(self) -> list[DriftSignal]:
+        spec = self.topology.drift
+        fired: dict[str, float] = {}
+        for key, w in self._watch.items():
+            if w.update(self._sums[key] / self._n) and self._blocks >= spec.warmup_blocks:
+                fired[key] = w.last_shift
+            self._sums[key] = 0.0
+        self._n = 0
+        self._blocks += 1
+        if not fired:
+            return []
+        self.signals_total += 1
+        lat_dims = sorted(int(k.split(".")[1]) for k in fired if k.startswith("latent."))
+        lat_dims = lat_dims or [int(d) for d in np.flatnonzero(np.abs(self._ewm_lat) >= spec.min_shift)]
+        feats: list[str] = []
+        if self._ewm_feat is not None:
+            # a contribution is 0.5 z^2 per record and window position: ~0.5 * window when a feature is as
+            # expected; report the features now at least 4x that (|z| >= 2 on average)
+            order = np.argsort(-self._ewm_feat)
+            expected = 0.5 * self.topology.window
+            feats = [self.topology.feature_names[j] for j in order[:3] if self._ewm_feat[j] >= 4 * expected]
+        out = []
+        for test in ("multivariate", "latent", "score"):
+            keys = [k for k in fired if k == test or k.startswith(test + ".")]
+            if not keys:
+                continue
+            k = max(keys, key=lambda x: abs(fired[x]))
+            out.append(DriftSignal(
+                stream=self.topology.name, topology_id=self.topology.name, test=test, detector="adwin",
+                statistic=fired[k], threshold=spec.min_shift, window=self._watch[k].width * spec.block_size,
+                latent_dims=lat_dims, features=feats, model_version=self.model_version, partition=self.partition,
+            ))
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "watch": {k: w.snapshot() for k, w in self._watch.items()},
+            "blocks": self._blocks,
+            "model_version": self.model_version,
+            "ewm_feat": None if self._ewm_feat is None else self._ewm_feat.tolist(),
+            "ewm_lat": self._ewm_lat.tolist(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._reset()
+        if state.get("model_version") != self.model_version:
+            return  # a different model has a different latent space: start afresh
+        for k, st in state.get("watch", {}).items():
+            if k in self._watch:
+                self._watch[k].restore(st)
+        self._blocks = int(state.get("blocks", 0))
+        if state.get("ewm_feat") is not None:
+            self._ewm_feat = np.asarray(state["ewm_feat"])
+        if len(state.get("ewm_lat", [])) == len(self._ewm_lat):
+            self._ewm_lat = np.asarray(state["ewm_lat"])

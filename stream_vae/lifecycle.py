@@ -1,0 +1,229 @@
+"""lifecycle: what a drift signal leads to. Pure state machines; time and storage are injected.
+
+- ``DriftPolicy``: opens one drift episode per stream (shared by every worker through an
+  ``EpisodeStore``), decides threshold-only recalibration vs full retrain, and enforces the
+  recalibration cooldown.
+- ``SwapGuard``: after a swap, watches the new version's alert rate and asks for a rollback when it
+  is far beyond the false-positive budget.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from stream_vae.drift import DriftSignal
+from stream_vae.topology import Topology
+
+RecalKind = Literal["threshold", "retrain"]
+
+
+class EpisodeStore(Protocol):
+    """Shared per-stream flags with expiry (Redis ``SET NX PX`` in production)."""
+
+    def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool: ...
+    def set_many_if_absent(self, keys: Sequence[str], ttl_s: float) -> list[bool]: ...
+    def get(self, key: str) -> str | None: ...
+    def delete(self, key: str) -> None: ...
+
+
+class MemoryEpisodeStore:
+    """In-process ``EpisodeStore`` for tests and single-process evaluation."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._d: dict[str, tuple[str, float]] = {}
+        self._clock = clock
+
+    def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        if self.get(key) is not None:
+            return False
+        self._d[key] = (value, self._clock() + ttl_s)
+        return True
+
+    def set_many_if_absent(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
+        return [self.set_if_absent(k, "1", ttl_s) for k in keys]
+
+    def get(self, key: str) -> str | None:
+        v = self._d.get(key)
+        if v is None or v[1] <= self._clock():
+            self._d.pop(key, None)
+            return None
+        return v[0]
+
+    def delete(self, key: str) -> None:
+        self._d.pop(key, None)
+
+
+class RedisEpisodeStore:
+    """``EpisodeStore`` on a redis client."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        return bool(self.client.set(key, value, nx=True, px=max(1, int(ttl_s * 1000))))
+
+    def set_many_if_absent(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
+        pipe = self.client.pipeline(transaction=False)
+        for k in keys:
+            pipe.set(k, "1", nx=True, px=max(1, int(ttl_s * 1000)))
+        return [bool(r) for r in pipe.execute()]
+
+    def get(self, key: str) -> str | None:
+        v = self.client.get(key)
+        return v.decode() if isinstance(v, bytes) else v
+
+    def delete(self, key: str) -> None:
+        self.client.delete(key)
+
+
+@dataclass(frozen=True)
+class RecalibrateRequest:
+    """Body of a ``control.recalibrate`` event."""
+
+    stream: str
+    reason: str
+    kind: RecalKind
+    episode: str
+    since_ms: int  # records from this time on reflect the new regime
+    model_version: str
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream, "reason": self.reason, "kind": self.kind, "episode": self.episode,
+            "since_ms": self.since_ms, "model_version": self.model_version, "evidence": self.evidence,
+        }
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """What to publish for one batch's drift signals."""
+
+    opened: str | None  # episode id this worker opened (it publishes the drift alerts)
+    drift_alerts: list[DriftSignal]
+    recalibrate: RecalibrateRequest | None
+
+
+class DriftPolicy:
+    """Episodes, recalibration kind and cooldown for one stream, merged across workers.
+
+    Examples
+    --------
+    >>> from stream_vae.topology import parse_topology
+    >>> topo = parse_topology({"name": "s", "input_topic": "i", "features": [{"name": "a"}]})
+    >>> pol = DriftPolicy(topo, MemoryEpisodeStore(), prefix="p")
+    >>> sig = DriftSignal("s", "s", "latent", "adwin", 1.2, 0.5, 800)
+    >>> d = pol.on_signals([sig], model_version="v1")
+    >>> d.recalibrate.kind, pol.episode == d.opened
+    ('retrain', True)
+    >>> pol.on_signals([sig], model_version="v1").recalibrate is None  # same episode: no second event
+    True
+    """
+
+    def __init__(self, topology: Topology, store: EpisodeStore, *, prefix: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.topology = topology
+        self.store = store
+        self.prefix = prefix
+        self.clock = clock
+
+    def _key(self, what: str) -> str:
+        return f"{self.prefix}:{self.topology.name}:drift:{what}"
+
+    @property
+    def episode(self) -> str | None:
+        """The stream's open drift episode, whoever opened it."""
+        return self.store.get(self._key("episode"))
+
+    def on_signals(self, signals: Sequence[DriftSignal], *, model_version: str) -> PolicyDecision:
+        if not signals:
+            return PolicyDecision(None, [], None)
+        spec = self.topology.drift
+        new_id = f"drift-{uuid.uuid4().hex[:12]}"
+        if not self.store.set_if_absent(self._key("episode"), new_id, spec.episode_timeout_s):
+            return PolicyDecision(None, [], None)  # another worker (or an earlier batch) opened it already
+        kind: RecalKind = "retrain" if any(s.test in spec.retrain_on for s in signals) else "threshold"
+        request = None
+        if self.store.set_if_absent(self._key("cooldown"), new_id, spec.cooldown_s):
+            tests = sorted({s.test for s in signals})
+            request = RecalibrateRequest(
+                stream=self.topology.name,
+                reason=f"drift in {', '.join(tests)}",
+                kind=kind,
+                episode=new_id,
+                since_ms=int(self.clock() * 1000),
+                model_version=model_version,
+                evidence=[s.data() for s in signals],
+            )
+        return PolicyDecision(new_id, list(signals), request)
+
+    def close_episode(self) -> None:
+        """A new model is active: its reference defines 'normal' again."""
+        self.store.delete(self._key("episode"))
+
+
+@dataclass
+class GuardVerdict:
+    rollback: bool
+    reason: str
+    alert_rate: float
+    records: int
+
+
+class SwapGuard:
+    """Watches the first ``records`` records after a swap; too many alerts means roll back.
+
+    Examples
+    --------
+    >>> from stream_vae.topology import parse_topology
+    >>> topo = parse_topology({"name": "s", "input_topic": "i", "features": [{"name": "a"}],
+    ...                        "calibration": {"fpr": 0.01}, "guard": {"records": 1000}})
+    >>> g = SwapGuard(topo)
+    >>> g.start("v2", previous="v1")
+    >>> g.update(1000, 200).rollback  # 20 % flagged against a 1 % budget
+    True
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self._reset()
+
+    def _reset(self) -> None:
+        self.version: str | None = None
+        self.previous: str | None = None
+        self._seen = 0
+        self._flagged = 0
+
+    @property
+    def active(self) -> bool:
+        return self.version is not None
+
+    def start(self, version: str, *, previous: str | None) -> None:
+        self._reset()
+        if self.topology.guard.enabled and previous is not None:
+            self.version, self.previous = version, previous
+
+    def update(self, scored: int, flagged: int) -> GuardVerdict | None:
+        """Count one batch; returns a verdict once enough records were seen (then stops watching)."""
+        if self.version is None:
+            return None
+        g = self.topology.guard
+        self._seen += scored
+        self._flagged += flagged
+        if self._seen < g.records:
+            return None
+        rate = self._flagged / self._seen
+        budget = self.topology.calibration.fpr
+        bad = rate > g.max_alert_rate_factor * budget and self._flagged >= g.min_alerts
+        verdict = GuardVerdict(
+            bad,
+            f"alert rate {rate:.4f} > {g.max_alert_rate_factor} x fpr {budget}" if bad
+            else f"alert rate {rate:.4f} within {g.max_alert_rate_factor} x fpr {budget}",
+            rate, self._seen,
+        )
+        self._reset()
+        return verdict
