@@ -22,8 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_vae.config import Settings
 from stream_vae.hotpath import HotLoop
-from stream_vae.hotswap import ModelSlot
+from stream_vae.hotswap import ModelSlot, listen_control, model_event
 from stream_vae.model.registry import RedisModelRegistry
+from stream_vae.monitor import Emission, Message, StreamMonitor
 from stream_vae.state import redis_client
 from stream_vae.topology import Topology
 
@@ -45,6 +46,46 @@ class WorkerState:
         joined = bool(self.loop and self.loop.joined)
         info = {"stream": self.topology.name, "model_version": model, "consumer_joined": joined}
         return (model is not None and joined and self.fatal is None), info
+
+
+class Rollbacks:
+    """Acts on the post-swap guard's verdict: one worker rolls the stream back and announces it."""
+
+    def __init__(self, registry: RedisModelRegistry, slot: ModelSlot, topology: Topology) -> None:
+        self.registry = registry
+        self.slot = slot
+        self.topology = topology
+        self.loop: HotLoop | None = None
+
+    async def after_batch(self, emission: Emission) -> None:
+        verdict = emission.rollback
+        if verdict is None:
+            return
+        pipeline = self.slot.pipeline
+        bad = pipeline.model.version if pipeline else None
+        if not verdict.rollback or bad is None:
+            log.info("swap_guard_passed", version=bad, reason=verdict.reason)
+            return
+        log.warning("swap_guard_failed", version=bad, reason=verdict.reason)
+        name = self.topology.name
+        lock = f"{self.registry.prefix}:{name}:rollback:{bad}"
+        won = await asyncio.to_thread(self.registry.client.set, lock, "1", nx=True, ex=3600)
+        if won and await asyncio.to_thread(self.registry.active_version, name) == bad:
+            _, prev = await asyncio.to_thread(self.registry.rollback, name)
+            digest = (await asyncio.to_thread(self.registry.get, name, prev)).manifest["sha256"]
+            if self.loop is not None:
+                await self.loop.publish([Message(
+                    self.topology.control.model_topic, name.encode(),
+                    model_event(self.topology, version=prev, digest=digest, action="rollback", previous=bad,
+                                reason=verdict.reason),
+                )])
+            log.warning("model_rolled_back", version=prev, previous=bad)
+            self.slot.request(prev, rollback=True)
+            return
+        # another worker rolled back already: follow the registry's active pointer
+        active = await asyncio.to_thread(self.registry.active_version, name)
+        if active and active != bad:
+            self.slot.request(active, rollback=True)
 
 
 def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
@@ -101,14 +142,21 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
                 registry = RedisModelRegistry(client, prefix=settings.redis.prefix, signing_key=signing_key)
                 slot = ModelSlot(registry, topology, poll_s=w.model_poll_s)
                 state.slot = slot
-                pipeline = await slot.wait_for_model(stop=self._stop)
-                loop = HotLoop(pipeline, settings=settings, topology=topology, before_batch=slot.check)
+                await slot.wait_for_model(stop=self._stop)
+                monitor = StreamMonitor(topology, lambda: slot.pipeline, client=client, prefix=settings.redis.prefix)
+                slot.on_swap = lambda old, new, rb: monitor.on_swap(old, new, rollback=rb)
+                guard = Rollbacks(registry, slot, topology)
+                loop = HotLoop(monitor, settings=settings, topology=topology, before_batch=slot.check,
+                               after_batch=guard.after_batch)
+                guard.loop = loop
                 state.loop = loop
                 await loop.start()
+                self._control = asyncio.ensure_future(listen_control(settings.kafka, topology, slot, self._stop))
                 log.info("worker_started", stream=topology.name, topic=topology.input_topic, group=loop.group_id)
                 if self._stop.is_set():
                     await loop.stop()
                 await loop.run()
+                monitor.checkpoint()
             except asyncio.CancelledError:
                 pass
             except Exception as exc:  # surfaced on /readyz and in the log; the process keeps serving probes
@@ -117,6 +165,8 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
 
         async def on_stop(self) -> None:
             self._stop.set()
+            if getattr(self, "_control", None) is not None:
+                self._control.cancel()
             if state.loop is not None:
                 await state.loop.stop()
             try:
@@ -146,3 +196,59 @@ def run_app(app: faust.App, *, loglevel: str = "warning") -> None:
     """Run the worker until SIGTERM/SIGINT (graceful: the batch in flight is committed)."""
     worker = faust.Worker(app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
+                       signing_key: bytes | None = None) -> faust.App:
+    """A faust app whose agent answers ``control.recalibrate`` events with the ``Trainer`` (in a thread)."""
+    import json
+
+    from stream_vae.trainer import Trainer
+
+    w = settings.worker
+    app = faust.App(
+        "stream-vae-trainer",  # one consumer group: each request is handled by one trainer replica
+        **faust_broker_kwargs(settings),
+        store="memory://",
+        datadir=os.path.join(tempfile.gettempdir(), "stream-vae-{conf.name}-data"),
+        web_enabled=True, web_bind=w.http_host, web_port=w.http_port, web_host=socket.gethostname(),
+        topic_replication_factor=1, producer_acks=-1, consumer_auto_offset_reset="earliest",
+    )
+    registry = RedisModelRegistry(redis_client(settings.redis), prefix=settings.redis.prefix, signing_key=signing_key)
+    trainer = Trainer(topologies, registry=registry)
+    topics = sorted({t.control.recalibrate_topic for t in topologies.values()})
+    source = app.topic(*topics, value_serializer="raw", key_serializer="raw")
+    status: dict[str, Any] = {"started": False, "handled": 0, "busy": None}
+
+    @app.agent(source)
+    async def recalibrate(stream: Any) -> None:
+        status["started"] = True  # the agent runs once the consumer is up
+        log.info("trainer_started", streams=sorted(topologies), topics=topics)
+        async for value in stream:
+            try:
+                data = json.loads(value)["data"]
+            except (ValueError, KeyError, TypeError):
+                log.warning("recalibrate_event_ignored", reason="not a stream-vae event")
+                continue
+            status["busy"] = data.get("stream")
+            try:
+                for topic, body in await asyncio.to_thread(trainer.handle, data):
+                    await app.topic(topic, value_serializer="raw").send(key=str(data.get("stream")).encode(),
+                                                                        value=body)
+            finally:
+                status["busy"] = None
+                status["handled"] += 1
+
+    @app.page("/healthz")
+    async def healthz(self: Any, request: Any) -> Any:
+        return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(self: Any, request: Any) -> Any:
+        return self.json({"ready": status["started"], **status}, status=200 if status["started"] else 503)
+
+    @app.page("/metrics")
+    async def prom(self: Any, request: Any) -> Any:
+        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return app

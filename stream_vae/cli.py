@@ -148,13 +148,33 @@ def worker(topology: TopologyOpt, pretty: PrettyOpt = False) -> None:
     run_app(create_app(s, topo, signing_key=_signing_key(s)))
 
 
+@app.command()
+@friendly
+def trainer(
+    topology: Annotated[list[Path], typer.Option("--topology", "-t", help="topology YAML (repeat for several)")],
+    pretty: PrettyOpt = False,
+) -> None:
+    """Run the trainer: answers control.recalibrate with validated candidates (SIGTERM stops it)."""
+    from stream_vae.app import create_trainer_app, run_app
+    from stream_vae.state import redis_client
+
+    s = _settings(pretty)
+    topos = {t.name: t for t in (_topology(p) for p in topology)}
+    redis_client(s.redis)
+    for t in topos.values():
+        asyncio.run(_ensure_topics(s, t))
+    run_app(create_trainer_app(s, topos, signing_key=_signing_key(s)))
+
+
 async def _ensure_topics(s: Settings, topo: Any) -> None:
     from stream_vae.kafka import ensure_topics
 
-    a = topo.alerts
-    await ensure_topics(
-        s.kafka, {topo.input_topic: topo.partitions, a.anomaly_topic: 1, a.drift_topic: 1, a.dlq_topic: 1}
-    )
+    a, c = topo.alerts, topo.control
+    topics = {topo.input_topic: topo.partitions, a.anomaly_topic: 1, a.drift_topic: 1, a.dlq_topic: 1,
+              c.recalibrate_topic: 1, c.model_topic: 1}
+    if a.audit_topic:
+        topics[a.audit_topic] = 1
+    await ensure_topics(s.kafka, topics)
 
 
 @app.command()
@@ -301,12 +321,16 @@ def demo(
     seconds: Annotated[float, typer.Option(help="upper bound on the run time")] = 60.0,
     json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary as the last stdout line")] = False,
     rate: Annotated[float, typer.Option(help="records per second to publish")] = 2000.0,
+    scenario: Annotated[str, typer.Option(help="anomalies | drift (the stream shifts mid-run; a trainer retrains)")]
+    = "anomalies",
     pretty: PrettyOpt = True,
 ) -> None:
     """Live demo on an embedded broker: train, register, score a synthetic stream, show alerts."""
     from stream_vae.demo import run_demo
 
-    summary = run_demo(seconds=seconds, rate=rate, quiet=json_out)
+    if scenario not in ("anomalies", "drift"):
+        _fail(f"--scenario must be 'anomalies' or 'drift', not {scenario!r}")
+    summary = run_demo(seconds=seconds, rate=rate, quiet=json_out, scenario=scenario)  # type: ignore[arg-type]
     if json_out:
         typer.echo(json.dumps(summary))
 

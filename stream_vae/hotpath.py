@@ -14,34 +14,41 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from stream_vae import metrics
 from stream_vae.config import Settings
+from stream_vae.monitor import Emission, Message, dlq_message
 from stream_vae.pipeline import Pipeline
-from stream_vae.records import BatchOutcome, RawRecord, Rejection
+from stream_vae.records import RawRecord
 from stream_vae.topology import Topology
 
 log = structlog.get_logger("stream_vae.hotpath")
 
-BatchHook = Callable[[BatchOutcome], Awaitable[None] | None]
+BatchHook = Callable[[Emission], Awaitable[None] | None]
 
 
-def dlq_message(rej: Rejection, stream: str) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """Dead letter in the Kafka Connect convention: original key and bytes, the why in headers."""
-    r = rej.record
-    headers = [
-        ("stream-vae.stream", stream.encode()),
-        ("stream-vae.reason", rej.reason.encode()),
-        ("stream-vae.detail", rej.detail.encode()[:1000]),
-        ("stream-vae.source.topic", r.topic.encode()),
-        ("stream-vae.source.partition", str(r.partition).encode()),
-        ("stream-vae.source.offset", str(r.offset).encode()),
-    ]
-    return r.key, r.value, headers
+class Processor(Protocol):
+    """Turns a batch of records into an emission (``StreamMonitor`` in workers)."""
+
+    def process(self, records: list[RawRecord]) -> Emission: ...
+
+
+class PlainProcessor:
+    """Pipeline only: alerts and dead letters, no closed loop (benchmarks of the bare data path)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def process(self, records: list[RawRecord]) -> Emission:
+        out = self.pipeline.process_batch(records)
+        topo = self.pipeline.topology
+        msgs = [Message(topo.alerts.anomaly_topic, a.key.encode(), json.dumps(a.to_event()).encode())
+                for a in out.alerts]
+        return Emission(out, msgs + [dlq_message(r, topo) for r in out.rejections])
 
 
 @dataclass
@@ -50,6 +57,7 @@ class LoopStats:
     scored: int = 0
     rejected: int = 0
     alerts: int = 0
+    alerts_published: int = 0
     committed: int = 0
     first_batch_at: float = 0.0  # perf_counter when the first non-empty batch arrived
 
@@ -70,19 +78,21 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class HotLoop:
-    """Consume -> ``pipeline.process_batch`` -> produce -> commit, until stopped.
+    """Consume -> ``processor.process`` -> produce -> commit, until stopped.
 
     Parameters
     ----------
+    processor
+        ``StreamMonitor`` (workers) or ``PlainProcessor``; a ``Pipeline`` is wrapped in the latter.
     before_batch
         Awaited between batches (model hot-swap checks go here: never inside a batch).
     after_batch
-        Called with each batch outcome after its results were acknowledged (drift, metrics, tests).
+        Called with each batch's emission after its messages were acknowledged and its offsets committed.
     """
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        processor: Processor | Pipeline,
         *,
         settings: Settings,
         topology: Topology,
@@ -90,7 +100,7 @@ class HotLoop:
         after_batch: BatchHook | None = None,
         group_id: str | None = None,
     ) -> None:
-        self.pipeline = pipeline
+        self.processor: Processor = PlainProcessor(processor) if isinstance(processor, Pipeline) else processor
         self.settings = settings
         self.topology = topology
         self.before_batch = before_batch
@@ -173,8 +183,12 @@ class HotLoop:
             for m in msgs
         ]
         # torch releases the GIL; a thread keeps heartbeats and the HTTP probes answering meanwhile
-        outcome = await asyncio.to_thread(self.pipeline.process_batch, records)
-        await self._publish(outcome)
+        emission = await asyncio.to_thread(self.processor.process, records)
+        outcome = emission.outcome
+        for rej in outcome.rejections:
+            log.warning("record_rejected", reason=rej.reason, topic=rej.record.topic,
+                        partition=rej.record.partition, offset=rej.record.offset)
+        await self.publish(emission.messages)
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in got.items() if msgs}
         await self._consumer.commit(offsets)
         self.stats.batches += 1
@@ -192,26 +206,19 @@ class HotLoop:
             metrics.E2E_LAG.labels(stream).set(max(0.0, time.time() - newest / 1000))
         for rej in outcome.rejections:
             metrics.RECORDS_REJECTED.labels(stream, rej.reason).inc()
+        for m in emission.messages:
+            if m.topic == self.topology.alerts.anomaly_topic:
+                self.stats.alerts_published += 1
         for a in outcome.alerts:
             metrics.ALERTS.labels(stream, a.severity).inc()
         if self.after_batch is not None:
-            res = self.after_batch(outcome)
+            res = self.after_batch(emission)
             if res is not None:
                 await res
 
-    async def _publish(self, outcome: BatchOutcome) -> None:
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Send and await the acks of every message (before the commit: at-least-once)."""
         assert self._producer is not None
-        spec = self.topology.alerts
-        futs = []
-        for a in outcome.alerts:
-            body = json.dumps(a.to_event()).encode()
-            futs.append(await self._producer.send(spec.anomaly_topic, body, key=a.key.encode()))
-        for rej in outcome.rejections:
-            key, value, headers = dlq_message(rej, self.topology.name)
-            log.warning(
-                "record_rejected", reason=rej.reason, topic=rej.record.topic,
-                partition=rej.record.partition, offset=rej.record.offset,
-            )
-            futs.append(await self._producer.send(spec.dlq_topic, value, key=key, headers=headers))
+        futs = [await self._producer.send(m.topic, m.value, key=m.key, headers=m.headers or None) for m in messages]
         if futs:
-            await asyncio.gather(*futs)  # acks before commit: at-least-once
+            await asyncio.gather(*futs)

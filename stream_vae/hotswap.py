@@ -1,9 +1,17 @@
-"""hot-swap: load, verify and warm a model version, then swap it in between batches."""
+"""hot-swap: load, verify and warm a model version in the background, then swap it in between batches.
+
+The hot loop never waits for a load: ``check()`` (called between batches) only starts a
+background load when the target version changes, and swaps — one reference assignment — once
+the load has finished. A batch is always scored by exactly one version.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import structlog
@@ -16,6 +24,8 @@ from stream_vae.topology import Topology
 
 log = structlog.get_logger("stream_vae.hotswap")
 
+SwapHook = Callable[[LoadedModel, LoadedModel, bool], None]
+
 
 def warm_up(model: LoadedModel, n_features: int) -> None:
     """Score a small batch once (allocations, lazy init) and refuse a model that returns non-finite scores."""
@@ -26,17 +36,24 @@ def warm_up(model: LoadedModel, n_features: int) -> None:
 
 
 class ModelSlot:
-    """Tracks the stream's active version in the registry and swaps the pipeline's model when it changes."""
+    """Tracks the stream's target version and swaps the pipeline's model when it changes.
+
+    The target comes from ``control.model`` events (``request``) and, as a fallback, from the
+    registry's active pointer, re-read every ``poll_s`` seconds.
+    """
 
     def __init__(self, registry: RedisModelRegistry, topology: Topology, *, poll_s: float = 5.0) -> None:
         self.registry = registry
         self.topology = topology
         self.poll_s = poll_s
         self.pipeline: Pipeline | None = None
+        self.on_swap: SwapHook | None = None
         self.swaps = 0
-        self.last_swap_pause_ms = 0.0
+        self.swap_pauses_ms: list[float] = []
         self._last_check = 0.0
         self._refused: set[str] = set()
+        self._requested: tuple[str, bool] | None = None  # (version, is_rollback)
+        self._loading: tuple[str, bool, asyncio.Future[LoadedModel]] | None = None
 
     def load(self, version: str) -> LoadedModel:
         model = self.registry.load(self.topology.name, version, topology=self.topology)
@@ -60,41 +77,74 @@ class ModelSlot:
                     log.info("model_loaded", version=version, threshold=model.calibrator.threshold)
                     return self.pipeline
             if not waited:
-                log.warning(
-                    "waiting_for_model", stream=self.topology.name,
-                    hint="train one: stream-vae train --topology <file> --input <csv|npy>",
-                )
+                log.warning("waiting_for_model", stream=self.topology.name,
+                            hint="train one: stream-vae train --topology <file> --input <csv|npy>")
                 waited = True
             if stop is not None and stop.is_set():
                 raise asyncio.CancelledError
             await asyncio.sleep(min(self.poll_s, 1.0))
 
-    async def check(self, *, force: bool = False) -> bool:
-        """Between batches: if the active pointer moved, load + warm the new version and swap. True if swapped."""
-        now = time.monotonic()
-        if self.pipeline is None or (not force and now - self._last_check < self.poll_s):
-            return False
-        self._last_check = now
-        version = await asyncio.to_thread(self.registry.active_version, self.topology.name)
-        if not version or version == self.pipeline.model.version or version in self._refused:
-            return False
-        return await self.swap_to(version)
+    def request(self, version: str, *, rollback: bool = False) -> None:
+        """Ask for ``version`` (from a control.model event); it is loaded in the background."""
+        self._requested = (version, rollback)
+        if rollback:
+            self._refused.discard(version)
 
-    async def swap_to(self, version: str) -> bool:
-        assert self.pipeline is not None
-        try:
-            model = await asyncio.to_thread(self.load, version)  # verify digest + warm up off the loop
-        except ModelLoadError as exc:
-            self._refused.add(version)
-            log.error("model_refused", version=version, error=str(exc))
+    async def check(self, *, force: bool = False) -> bool:
+        """Between batches: swap if a background load finished; start one if the target moved."""
+        if self.pipeline is None:
             return False
+        if self._loading is not None:
+            version, rollback, fut = self._loading
+            if not fut.done():
+                return False
+            self._loading = None
+            try:
+                model = fut.result()
+            except ModelLoadError as exc:
+                self._refused.add(version)
+                log.error("model_refused", version=version, error=str(exc))
+                return False
+            return self._swap(model, rollback=rollback)
+        target: tuple[str, bool] | None = self._requested
+        self._requested = None
+        now = time.monotonic()
+        if target is None and (force or now - self._last_check >= self.poll_s):
+            self._last_check = now
+            active = await asyncio.to_thread(self.registry.active_version, self.topology.name)
+            if active:
+                target = (active, False)
+        if target is None or target[0] == self.pipeline.model.version or target[0] in self._refused:
+            return False
+        version, rollback = target
+        self._loading = (version, rollback, asyncio.ensure_future(asyncio.to_thread(self.load, version)))
+        return False
+
+    async def settle(self, timeout: float = 30.0) -> bool:
+        """Finish a pending load and swap now (tests, manual activation)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.check(force=True):
+                return True
+            if self._loading is None and self._requested is None:
+                return False
+            await asyncio.sleep(0.05)
+        return False
+
+    def _swap(self, model: LoadedModel, *, rollback: bool) -> bool:
+        assert self.pipeline is not None
         t0 = time.perf_counter()
         old = self.pipeline.swap(model)  # one reference assignment, between batches
-        self.last_swap_pause_ms = (time.perf_counter() - t0) * 1000
+        pause = (time.perf_counter() - t0) * 1000
+        self.swap_pauses_ms.append(pause)
+        metrics.SWAP_PAUSE_MAX.labels(self.topology.name).set(max(self.swap_pauses_ms) / 1000)
         self.swaps += 1
-        metrics.SWAPS.labels(self.topology.name).inc()
+        (metrics.ROLLBACKS if rollback else metrics.SWAPS).labels(self.topology.name).inc()
         self._publish_metrics(model)
-        log.info("model_swapped", previous=old.version, version=model.version, pause_ms=self.last_swap_pause_ms)
+        log.info("model_swapped", previous=old.version, version=model.version, pause_ms=round(pause, 3),
+                 rollback=rollback)
+        if self.on_swap is not None:
+            self.on_swap(old, model, rollback)
         return True
 
     def _publish_metrics(self, model: LoadedModel) -> None:
@@ -102,3 +152,33 @@ class ModelSlot:
             {"stream": self.topology.name, "version": model.version, "calibration_id": model.calibration_id}
         )
         metrics.MODEL_VERSION.labels(self.topology.name).set(1)
+
+
+def model_event(topology: Topology, *, version: str, digest: str, action: str, previous: str | None,
+                reason: str = "") -> bytes:
+    """A ``control.model`` event (activate | rollback | refuse)."""
+    from stream_vae.records import envelope
+
+    data: dict[str, Any] = {"stream": topology.name, "version": version, "digest": digest, "action": action,
+                            "previous": previous}
+    if reason:
+        data["reason"] = reason
+    return json.dumps(envelope(f"io.stream-vae.model.{action}", source=f"stream-vae/{topology.name}",
+                               data=data)).encode()
+
+
+async def listen_control(settings_kafka: Any, topology: Topology, slot: ModelSlot, stop: asyncio.Event) -> None:
+    """Every worker reads every ``control.model`` event (no consumer group: a broadcast)."""
+    from stream_vae.kafka import tail
+
+    async for m in tail(settings_kafka, [topology.control.model_topic], from_beginning=False, follow=True,
+                        stop=stop):
+        try:
+            data = json.loads(m.value)["data"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("control_event_ignored", topic=m.topic, offset=m.offset)
+            continue
+        if data.get("stream") != topology.name or data.get("action") not in ("activate", "rollback"):
+            continue
+        log.info("control_model", action=data["action"], version=data.get("version"))
+        slot.request(str(data["version"]), rollback=data["action"] == "rollback")

@@ -90,12 +90,14 @@ class RecalibrateRequest:
     episode: str
     since_ms: int  # records from this time on reflect the new regime
     model_version: str
+    baseline_alert_rate: float  # what the healthy model flagged before the drift (true anomalies included)
     evidence: list[dict[str, Any]] = field(default_factory=list)
 
     def data(self) -> dict[str, Any]:
         return {
             "stream": self.stream, "reason": self.reason, "kind": self.kind, "episode": self.episode,
-            "since_ms": self.since_ms, "model_version": self.model_version, "evidence": self.evidence,
+            "since_ms": self.since_ms, "model_version": self.model_version,
+            "baseline_alert_rate": self.baseline_alert_rate, "evidence": self.evidence,
         }
 
 
@@ -139,7 +141,8 @@ class DriftPolicy:
         """The stream's open drift episode, whoever opened it."""
         return self.store.get(self._key("episode"))
 
-    def on_signals(self, signals: Sequence[DriftSignal], *, model_version: str) -> PolicyDecision:
+    def on_signals(self, signals: Sequence[DriftSignal], *, model_version: str,
+                   baseline_alert_rate: float = 0.0) -> PolicyDecision:
         if not signals:
             return PolicyDecision(None, [], None)
         spec = self.topology.drift
@@ -157,6 +160,7 @@ class DriftPolicy:
                 episode=new_id,
                 since_ms=int(self.clock() * 1000),
                 model_version=model_version,
+                baseline_alert_rate=baseline_alert_rate,
                 evidence=[s.data() for s in signals],
             )
         return PolicyDecision(new_id, list(signals), request)
@@ -183,8 +187,8 @@ class SwapGuard:
     >>> topo = parse_topology({"name": "s", "input_topic": "i", "features": [{"name": "a"}],
     ...                        "calibration": {"fpr": 0.01}, "guard": {"records": 1000}})
     >>> g = SwapGuard(topo)
-    >>> g.start("v2", previous="v1")
-    >>> g.update(1000, 200).rollback  # 20 % flagged against a 1 % budget
+    >>> g.start("v2", previous="v1", baseline_rate=0.02)
+    >>> g.update(1000, 200).rollback  # 20 % flagged; limit max(5 x 1 %, 2 x 2 %)
     True
     """
 
@@ -195,6 +199,7 @@ class SwapGuard:
     def _reset(self) -> None:
         self.version: str | None = None
         self.previous: str | None = None
+        self.baseline_rate = 0.0
         self._seen = 0
         self._flagged = 0
 
@@ -202,10 +207,12 @@ class SwapGuard:
     def active(self) -> bool:
         return self.version is not None
 
-    def start(self, version: str, *, previous: str | None) -> None:
+    def start(self, version: str, *, previous: str | None, baseline_rate: float = 0.0) -> None:
+        """Watch ``version``; ``baseline_rate`` is what a healthy model flagged on this stream (true anomalies
+        make it exceed the FPR budget, and a good new model should flag about as much)."""
         self._reset()
         if self.topology.guard.enabled and previous is not None:
-            self.version, self.previous = version, previous
+            self.version, self.previous, self.baseline_rate = version, previous, baseline_rate
 
     def update(self, scored: int, flagged: int) -> GuardVerdict | None:
         """Count one batch; returns a verdict once enough records were seen (then stops watching)."""
@@ -217,13 +224,8 @@ class SwapGuard:
         if self._seen < g.records:
             return None
         rate = self._flagged / self._seen
-        budget = self.topology.calibration.fpr
-        bad = rate > g.max_alert_rate_factor * budget and self._flagged >= g.min_alerts
-        verdict = GuardVerdict(
-            bad,
-            f"alert rate {rate:.4f} > {g.max_alert_rate_factor} x fpr {budget}" if bad
-            else f"alert rate {rate:.4f} within {g.max_alert_rate_factor} x fpr {budget}",
-            rate, self._seen,
-        )
+        limit = max(g.max_alert_rate_factor * self.topology.calibration.fpr, g.baseline_factor * self.baseline_rate)
+        bad = rate > limit and self._flagged >= g.min_alerts
+        verdict = GuardVerdict(bad, f"flag rate {rate:.4f} {'>' if bad else '<='} limit {limit:.4f}", rate, self._seen)
         self._reset()
         return verdict

@@ -27,3 +27,9 @@ MODEL_VERSION = Gauge("stream_vae_model_loaded", "1 while a model is loaded", ["
 DRIFT_STATE = Gauge("stream_vae_drift_open", "1 while a drift episode is open", ["stream"])
 SWAPS = Counter("stream_vae_model_swaps_total", "Hot swaps to a new model version", ["stream"])
 ROLLBACKS = Counter("stream_vae_model_rollbacks_total", "Automatic or manual rollbacks", ["stream"])
+RECALIBRATIONS = Counter(
+    "stream_vae_recalibrations_total", "Recalibration requests handled by the trainer", ["stream", "kind", "outcome"]
+)
+SWAP_PAUSE_MAX = Gauge(
+    "stream_vae_swap_pause_max_seconds", "Longest pause of the hot loop for a model swap", ["stream"]
+)

@@ -94,7 +94,10 @@ class RetrainSpec(_Strict):
     min_records: int = Field(default=3000, ge=100, description="post-drift records needed before training")
     holdout_fraction: float = Field(default=0.25, gt=0, lt=0.9, description="newest share kept for validation")
     max_alert_rate_factor: float = Field(
-        default=3.0, gt=1, description="candidate may flag at most factor x fpr of held-out recent records"
+        default=3.0, gt=1, description="candidate may flag at most factor x fpr of held-out recent records ..."
+    )
+    baseline_factor: float = Field(
+        default=1.5, gt=1, description="... or factor x the rate the healthy model flagged before the drift"
     )
     max_train_seconds: float = Field(default=300.0, gt=0)
     wait_timeout_s: float = Field(default=1800.0, gt=0, description="give up waiting for post-drift records")
@@ -105,7 +108,8 @@ class GuardSpec(_Strict):
 
     enabled: bool = True
     records: int = Field(default=3000, ge=100, description="records watched after a swap")
-    max_alert_rate_factor: float = Field(default=5.0, gt=1)
+    max_alert_rate_factor: float = Field(default=5.0, gt=1, description="roll back above factor x fpr ...")
+    baseline_factor: float = Field(default=2.0, gt=1, description="... and above factor x the pre-drift flag rate")
     min_alerts: int = Field(default=10, ge=1, description="never roll back on fewer alerts than this")
 
 

@@ -1,0 +1,216 @@
+"""The worker's closed loop around the pipeline: drift per partition, episodes, alert hygiene,
+reservoir, post-swap guard and audit, for one batch at a time. No Kafka here: it returns the
+messages to publish and the hot loop publishes them before committing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from stream_vae import metrics
+from stream_vae.drift import DriftMonitor, DriftSignal
+from stream_vae.hygiene import AlertGate
+from stream_vae.lifecycle import DriftPolicy, GuardVerdict, RedisEpisodeStore, SwapGuard
+from stream_vae.model.registry import LoadedModel
+from stream_vae.records import BatchOutcome, RawRecord, Rejection, envelope
+from stream_vae.reservoir import Reservoir
+from stream_vae.topology import Topology
+
+log = structlog.get_logger("stream_vae.monitor")
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass
+class Emission:
+    """What one batch produced: the pipeline outcome and every message to publish before the commit."""
+
+    outcome: BatchOutcome
+    messages: list[Message]
+    suppressed: int = 0
+    drift_signals: list[DriftSignal] = field(default_factory=list)
+    rollback: GuardVerdict | None = None
+
+
+def dlq_message(rej: Rejection, topology: Topology) -> Message:
+    """Dead letter in the Kafka Connect convention: original key and bytes, the why in headers."""
+    r = rej.record
+    return Message(topology.alerts.dlq_topic, r.key, r.value, [
+        ("stream-vae.stream", topology.name.encode()),
+        ("stream-vae.reason", rej.reason.encode()),
+        ("stream-vae.detail", rej.detail.encode()[:1000]),
+        ("stream-vae.source.topic", r.topic.encode()),
+        ("stream-vae.source.partition", str(r.partition).encode()),
+        ("stream-vae.source.offset", str(r.offset).encode()),
+    ])
+
+
+def offset_ranges(records: list[RawRecord]) -> dict[str, list[list[int]]]:
+    """Scored offsets per partition as inclusive ranges of consecutive offsets (compact audit)."""
+    by_p: dict[int, list[int]] = {}
+    for r in records:
+        by_p.setdefault(r.partition, []).append(r.offset)
+    out: dict[str, list[list[int]]] = {}
+    for p, offs in by_p.items():
+        offs.sort()
+        ranges = [[offs[0], offs[0]]]
+        for o in offs[1:]:
+            if o == ranges[-1][1] + 1:
+                ranges[-1][1] = o
+            else:
+                ranges.append([o, o])
+        out[str(p)] = ranges
+    return out
+
+
+def _event(type_: str, topology: Topology, data: dict[str, Any]) -> bytes:
+    return json.dumps(envelope(type_, source=f"stream-vae/{topology.name}", data=data)).encode()
+
+
+class StreamMonitor:
+    """Runs one batch through the pipeline and the closed loop. Thread-safe for one caller at a time.
+
+    Parameters
+    ----------
+    model_of
+        Returns the pipeline currently in use (the hot-swap slot owns it).
+    client
+        A redis client: episodes, alert cool-downs, drift snapshots and the reservoir are shared
+        by every worker of the stream through it.
+    """
+
+    def __init__(self, topology: Topology, pipeline_of: Callable[[], Any], *, client: Any, prefix: str,
+                 checkpoint_s: float = 10.0) -> None:
+        self.topology = topology
+        self.pipeline_of = pipeline_of
+        self.client = client
+        self.prefix = prefix
+        self.checkpoint_s = checkpoint_s
+        store = RedisEpisodeStore(client)
+        self.policy = DriftPolicy(topology, store, prefix=prefix)
+        self.gate = AlertGate(topology, store, prefix=prefix)
+        self.reservoir = Reservoir(client, prefix=prefix, stream=topology.name, n_features=len(topology.features),
+                                   buffer_size=topology.retrain.buffer_size)
+        self.guard = SwapGuard(topology)
+        self._drift: dict[int, DriftMonitor] = {}
+        self._last_ckpt = time.monotonic()
+        self._seen = 0
+        # the healthy model's flag rate (true anomalies included), tracked while no drift/swap is in progress
+        self.baseline_rate = topology.calibration.fpr
+
+    # -- model changes -------------------------------------------------------------------------
+    def on_swap(self, old: LoadedModel, new: LoadedModel, *, rollback: bool = False) -> None:
+        """A new version is active: fresh drift reference, guard it (unless this is a rollback)."""
+        self._drift.clear()
+        self.policy.close_episode()
+        metrics.DRIFT_STATE.labels(self.topology.name).set(0)
+        self.guard.start(new.version, previous=None if rollback else old.version, baseline_rate=self.baseline_rate)
+
+    def _monitor(self, partition: int, model: LoadedModel) -> DriftMonitor:
+        mon = self._drift.get(partition)
+        if mon is None or mon.model_version != model.version:
+            mon = DriftMonitor(self.topology, model.reference, model_version=model.version, partition=partition)
+            raw = self.client.get(self._snap_key(partition))
+            if raw is not None:
+                mon.restore(json.loads(raw))  # a rebalanced or restarted worker resumes the detector
+            self._drift[partition] = mon
+        return mon
+
+    def _snap_key(self, partition: int) -> str:
+        return f"{self.prefix}:{self.topology.name}:drift:snapshot:{partition}"
+
+    def checkpoint(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for p, mon in self._drift.items():
+            pipe.set(self._snap_key(p), json.dumps(mon.snapshot()))
+        pipe.execute()
+        self._last_ckpt = time.monotonic()
+
+    # -- the batch -----------------------------------------------------------------------------
+    def process(self, records: list[RawRecord]) -> Emission:
+        topo = self.topology
+        pipeline = self.pipeline_of()
+        episode = self.policy.episode
+        out: BatchOutcome = pipeline.process_batch(records, drift_episode=episode)
+        msgs: list[Message] = []
+        signals: list[DriftSignal] = []
+        verdict = None
+        alerts = out.alerts
+        suppressed = 0
+        if out.result is not None:
+            res = out.result
+            model = pipeline.model
+            parts = np.fromiter((r.partition for r in out.scored), dtype=np.int64, count=len(out.scored))
+            for p in np.unique(parts):
+                idx = np.flatnonzero(parts == p)
+                signals += self._monitor(int(p), model).update(
+                    score=res.score[idx], latent_mu=res.latent_mu[idx], contributions=res.contributions[idx]
+                )
+            decision = self.policy.on_signals(signals, model_version=model.version,
+                                              baseline_alert_rate=round(self.baseline_rate, 6))
+            if decision.opened:
+                episode = decision.opened
+                metrics.DRIFT_STATE.labels(topo.name).set(1)
+                log.warning("drift_detected", stream=topo.name, episode=episode,
+                            tests=[s.test for s in decision.drift_alerts], model_version=model.version)
+            for sig in decision.drift_alerts:
+                metrics.DRIFT_ALERTS.labels(topo.name, sig.test).inc()
+                msgs.append(Message(topo.alerts.drift_topic, topo.name.encode(),
+                                    _event("io.stream-vae.drift", topo, {**sig.data(), "episode": episode})))
+            if decision.recalibrate is not None:
+                msgs.append(Message(topo.control.recalibrate_topic, topo.name.encode(),
+                                    _event("io.stream-vae.recalibrate", topo, decision.recalibrate.data())))
+            alerts, suppressed = self.gate.filter(out.alerts, episode=episode)
+            self._keep_recent(out, drifting=episode is not None)
+            n, k = len(out.scored), int(out.is_anomaly.sum())
+            if episode is None and not self.guard.active:
+                w = min(1.0, n / 20_000)  # EWMA over ~20k records
+                self.baseline_rate = (1 - w) * self.baseline_rate + w * (k / max(1, n))
+            verdict = self.guard.update(n, k)
+        for a in alerts:
+            msgs.append(Message(topo.alerts.anomaly_topic, a.key.encode(), json.dumps(a.to_event()).encode()))
+        msgs += [dlq_message(r, topo) for r in out.rejections]
+        if topo.alerts.audit_topic and (out.scored or out.rejections):
+            flagged = [out.scored[i] for i in np.flatnonzero(out.is_anomaly)]
+            audit = {"stream": topo.name, "model_version": out.model_version, "scored": offset_ranges(out.scored),
+                     "flagged": offset_ranges(flagged), "rejected": len(out.rejections), "alerts": len(alerts),
+                     "suppressed": suppressed}
+            msgs.append(Message(topo.alerts.audit_topic, None, json.dumps(audit).encode()))
+        if time.monotonic() - self._last_ckpt > self.checkpoint_s:
+            self.checkpoint()
+        return Emission(out, msgs, suppressed, signals, verdict)
+
+    def _keep_recent(self, out: BatchOutcome, *, drifting: bool) -> None:
+        """Reservoir: keep records the model did not flag. During a drift episode the model flags the
+        new regime itself, so keep everything except outliers of the batch's own score distribution."""
+        if out.batch is None or out.result is None:
+            return
+        every = self.topology.retrain.sample_every
+        if drifting:
+            s = out.result.score
+            med = float(np.median(s))
+            mad = float(np.median(np.abs(s - med))) or 1e-9
+            keep = s <= med + 6 * 1.4826 * mad
+        else:
+            keep = ~out.is_anomaly
+        idx = np.flatnonzero(keep)
+        if every > 1:
+            idx = idx[(idx + self._seen) % every == 0]
+        self._seen += len(out.scored)
+        ts = [out.scored[i].timestamp_ms or int(time.time() * 1000) for i in idx]
+        self.reservoir.add(out.batch.X[idx], [out.batch.keys[i] for i in idx], ts)

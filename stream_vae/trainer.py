@@ -1,0 +1,162 @@
+"""trainer: answers ``control.recalibrate`` with a validated candidate, or a refusal with a reason.
+
+- ``threshold``: same weights, a new threshold calibrated on recent records (the scores moved,
+  the latent space did not);
+- ``retrain``: a new model trained on records that arrived after the drift, validated on the
+  newest of them against the active model (replay), then registered, activated and announced
+  on ``control.model``.
+
+``Trainer.handle`` is blocking and framework-free; the faust app runs it in a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import structlog
+
+from stream_vae import metrics
+from stream_vae.calibrate import Calibrator
+from stream_vae.exceptions import ModelLoadError
+from stream_vae.hotswap import model_event
+from stream_vae.model.registry import LoadedModel, RedisModelRegistry, load_artifact, to_artifact
+from stream_vae.model.train import TrainedModel, _windows_per_entity, train_model
+from stream_vae.records import FloatArray
+from stream_vae.reservoir import Reservoir
+from stream_vae.topology import Topology
+
+log = structlog.get_logger("stream_vae.trainer")
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How a model does on held-out recent records."""
+
+    alert_rate: float
+    nll_raw: float  # mean negative log-likelihood in the raw feature space (comparable across scalers)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"alert_rate": round(self.alert_rate, 6), "nll_raw": round(self.nll_raw, 4)}
+
+
+def evaluate(model: LoadedModel, X: FloatArray, keys: list[str] | None) -> Validation:
+    """Replay rows through the model's featurization and scorer; log-likelihood corrected to raw units."""
+    W = model.scaler.transform(_windows_per_entity(X, keys, model.window))
+    res = model.scorer.score_many(W)
+    std = np.asarray(model.scaler.to_dict()["std"])
+    # NLL of scaled x plus the log-Jacobian of the scaling: the density of the raw values
+    nll_raw = float(res.score.mean() + model.window * np.log(std).sum())
+    return Validation(float(model.calibrator.predict(res.score).mean()), nll_raw)
+
+
+class Trainer:
+    """Handles recalibration requests for the topologies it owns."""
+
+    def __init__(self, topologies: dict[str, Topology], *, registry: RedisModelRegistry,
+                 poll_s: float = 2.0, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.topologies = topologies
+        self.registry = registry
+        self.poll_s = poll_s
+        self.clock = clock
+        self.sleep = sleep
+
+    def reservoir(self, topo: Topology) -> Reservoir:
+        return Reservoir(self.registry.client, prefix=self.registry.prefix, stream=topo.name,
+                         n_features=len(topo.features), buffer_size=topo.retrain.buffer_size)
+
+    def handle(self, data: dict[str, Any]) -> list[tuple[str, bytes]]:
+        """One ``control.recalibrate`` event -> ``(topic, value)`` messages to publish."""
+        topo = self.topologies.get(str(data.get("stream")))
+        if topo is None:
+            return []
+        episode = str(data.get("episode", ""))
+        if episode and not self.registry.client.set(
+            f"{self.registry.prefix}:{topo.name}:trainer:episode:{episode}", "1", nx=True, ex=86_400
+        ):
+            log.info("recalibrate_duplicate", stream=topo.name, episode=episode)
+            return []
+        kind = "threshold" if data.get("kind") == "threshold" else "retrain"
+        log.info("recalibrate_started", stream=topo.name, kind=kind, episode=episode, reason=data.get("reason"))
+        try:
+            msgs = self._threshold(topo, data) if kind == "threshold" else self._retrain(topo, data)
+            outcome = "activated" if b'"activate"' in msgs[0][1] else "refused"
+        except Exception as exc:  # a failed attempt is reported, the trainer keeps serving
+            log.error("recalibrate_failed", stream=topo.name, error=f"{type(exc).__name__}: {exc}")
+            msgs, outcome = [self._refuse(topo, f"{type(exc).__name__}: {exc}")], "failed"
+        metrics.RECALIBRATIONS.labels(topo.name, kind, outcome).inc()
+        return msgs
+
+    def _refuse(self, topo: Topology, reason: str, active: str | None = None) -> tuple[str, bytes]:
+        log.warning("candidate_refused", stream=topo.name, reason=reason)
+        return topo.control.model_topic, model_event(topo, version="", digest="", action="refuse",
+                                                     previous=active, reason=reason)
+
+    def _recent(self, topo: Topology, since_ms: int | None, need: int) -> tuple[FloatArray, list[str]] | None:
+        """Wait until the reservoir holds ``need`` records from ``since_ms`` on (or time out)."""
+        res = self.reservoir(topo)
+        deadline = self.clock() + topo.retrain.wait_timeout_s
+        while True:
+            X, keys, _ = res.read(since_ms=since_ms)
+            if len(X) >= need:
+                return X, keys
+            if self.clock() >= deadline:
+                return None
+            self.sleep(self.poll_s)
+
+    def _active(self, topo: Topology) -> LoadedModel:
+        version = self.registry.active_version(topo.name)
+        if version is None:
+            raise ModelLoadError(f"stream '{topo.name}' has no active model to recalibrate")
+        return self.registry.load(topo.name, version, topology=topo)
+
+    def _threshold(self, topo: Topology, data: dict[str, Any]) -> list[tuple[str, bytes]]:
+        active = self._active(topo)
+        need = max(500, topo.retrain.min_records // 4)
+        got = self._recent(topo, data.get("since_ms"), need)
+        if got is None:
+            return [self._refuse(topo, f"fewer than {need} recent records arrived in time", active.version)]
+        X, keys = got
+        W = active.scaler.transform(_windows_per_entity(X, keys, active.window))
+        scores = active.scorer.score_many(W).score
+        cal = Calibrator(method=topo.calibration.method, fpr=topo.calibration.fpr).infer_threshold(scores)
+        model = TrainedModel(topo, active.scorer.vae, active.scaler, cal,
+                             {**active.reference, "score_mean": float(scores.mean()), "score_std": float(scores.std())},
+                             n_train=len(X))
+        return [self._register(topo, model, active, {"kind": "threshold", "records": len(X)})]
+
+    def _retrain(self, topo: Topology, data: dict[str, Any]) -> list[tuple[str, bytes]]:
+        spec = topo.retrain
+        active = self._active(topo)
+        got = self._recent(topo, data.get("since_ms"), spec.min_records)
+        if got is None:
+            return [self._refuse(topo, f"fewer than {spec.min_records} post-drift records arrived within "
+                                       f"{spec.wait_timeout_s:.0f}s", active.version)]
+        X, keys = got
+        n_hold = max(50, int(len(X) * spec.holdout_fraction))
+        cand_t = train_model(X[:-n_hold], topo, entities=keys[:-n_hold], max_seconds=spec.max_train_seconds)
+        cand = load_artifact(to_artifact(cand_t, "candidate"), topology=topo)
+        hx, hk = X[-n_hold:], keys[-n_hold:]
+        v_new, v_old = evaluate(cand, hx, hk), evaluate(active, hx, hk)
+        evidence = {"kind": "retrain", "records": len(X), "holdout": n_hold,
+                    "candidate": v_new.as_dict(), "active": v_old.as_dict()}
+        baseline = float(data.get("baseline_alert_rate") or 0.0)
+        limit = max(spec.max_alert_rate_factor * topo.calibration.fpr, spec.baseline_factor * baseline)
+        if v_new.alert_rate > limit:
+            return [self._refuse(topo, f"candidate flags {v_new.alert_rate:.4f} of held-out recent records "
+                                       f"(limit {limit:.4f})", active.version)]
+        if v_new.nll_raw > v_old.nll_raw:
+            return [self._refuse(topo, f"candidate explains held-out recent records worse than {active.version} "
+                                       f"(NLL {v_new.nll_raw:.3f} > {v_old.nll_raw:.3f})", active.version)]
+        return [self._register(topo, cand_t, active, evidence)]
+
+    def _register(self, topo: Topology, model: TrainedModel, active: LoadedModel,
+                  evidence: dict[str, Any]) -> tuple[str, bytes]:
+        art = self.registry.register(model, activate=True)
+        log.info("candidate_activated", stream=topo.name, version=art.version, previous=active.version, **evidence)
+        return topo.control.model_topic, model_event(topo, version=art.version, digest=art.manifest["sha256"],
+                                                     action="activate", previous=active.version)
