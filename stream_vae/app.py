@@ -76,7 +76,7 @@ class Rollbacks:
             if self.loop is not None:
                 await self.loop.publish([Message(
                     self.topology.control.model_topic, name.encode(),
-                    model_event(self.topology, version=prev, digest=digest, action="rollback", previous=bad,
+                    model_event(name, version=prev, digest=digest, action="rollback", previous=bad,
                                 reason=verdict.reason),
                 )])
             log.warning("model_rolled_back", version=prev, previous=bad)
@@ -213,6 +213,9 @@ def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
         datadir=os.path.join(tempfile.gettempdir(), "stream-vae-{conf.name}-data"),
         web_enabled=True, web_bind=w.http_host, web_port=w.http_port, web_host=socket.gethostname(),
         topic_replication_factor=1, producer_acks=-1, consumer_auto_offset_reset="earliest",
+        # on shutdown do not wait for a request in progress (it may wait minutes for records): it stays
+        # uncommitted and the next trainer handles it again
+        stream_wait_empty=False,
     )
     registry = RedisModelRegistry(redis_client(settings.redis), prefix=settings.redis.prefix, signing_key=signing_key)
     trainer = Trainer(topologies, registry=registry)
@@ -232,9 +235,16 @@ def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
                 continue
             status["busy"] = data.get("stream")
             try:
+                # wait here, not in the thread: a shutdown cancels this sleep at once
+                deadline = time.monotonic() + trainer.wait_timeout(data)
+                while time.monotonic() < deadline and not await asyncio.to_thread(trainer.has_records, data):
+                    await asyncio.sleep(trainer.poll_s)
                 for topic, body in await asyncio.to_thread(trainer.handle, data):
                     await app.topic(topic, value_serializer="raw").send(key=str(data.get("stream")).encode(),
                                                                         value=body)
+            except asyncio.CancelledError:
+                trainer.stopping.set()  # shutting down: the training thread stops after its current epoch
+                raise
             finally:
                 status["busy"] = None
                 status["handled"] += 1

@@ -278,9 +278,10 @@ def models_activate(
     s = _settings()
     name = _stream_name(topology, stream)
     reg = _registry(s)
-    reg.load(name, version)  # verify digest/signature before pointing workers at it
+    model = reg.load(name, version)  # verify digest/signature before pointing workers at it
     prev = reg.activate(name, version)
     typer.echo(f"{name}: active {prev} -> {version}")
+    _announce(s, topology, name, version=version, digest=model.digest, action="activate", previous=prev)
 
 
 @models_app.command("rollback")
@@ -292,8 +293,27 @@ def models_rollback(
     """Re-activate the previously active version."""
     s = _settings()
     name = _stream_name(topology, stream)
-    frm, to = _registry(s).rollback(name)
+    reg = _registry(s)
+    frm, to = reg.rollback(name)
     typer.echo(f"{name}: rolled back {frm} -> {to}")
+    _announce(s, topology, name, version=to, digest=reg.get(name, to).manifest["sha256"], action="rollback",
+              previous=frm)
+
+
+def _announce(s: Settings, topology: Path | None, name: str, **event: Any) -> None:
+    """Tell running workers on control.model (they would also see the pointer at their next poll)."""
+    from stream_vae.exceptions import BrokerError
+    from stream_vae.hotswap import model_event
+    from stream_vae.kafka import produce_rows
+    from stream_vae.topology import ControlSpec
+
+    topic = _topology(topology).control.model_topic if topology else ControlSpec().model_topic
+    try:
+        asyncio.run(asyncio.wait_for(produce_rows(s.kafka, topic, [model_event(name, **event)]), timeout=10))
+        typer.echo(f"announced on {topic}")
+    except (BrokerError, TimeoutError) as exc:
+        typer.echo(f"note: could not announce on {topic} ({exc}); workers switch at their next registry poll",
+                   err=True)
 
 
 @app.command("demo-data")

@@ -154,17 +154,16 @@ class ModelSlot:
         metrics.MODEL_VERSION.labels(self.topology.name).set(1)
 
 
-def model_event(topology: Topology, *, version: str, digest: str, action: str, previous: str | None,
+def model_event(stream: str, *, version: str, digest: str, action: str, previous: str | None,
                 reason: str = "") -> bytes:
     """A ``control.model`` event (activate | rollback | refuse)."""
     from stream_vae.records import envelope
 
-    data: dict[str, Any] = {"stream": topology.name, "version": version, "digest": digest, "action": action,
+    data: dict[str, Any] = {"stream": stream, "version": version, "digest": digest, "action": action,
                             "previous": previous}
     if reason:
         data["reason"] = reason
-    return json.dumps(envelope(f"io.stream-vae.model.{action}", source=f"stream-vae/{topology.name}",
-                               data=data)).encode()
+    return json.dumps(envelope(f"io.stream-vae.model.{action}", source=f"stream-vae/{stream}", data=data)).encode()
 
 
 async def listen_control(settings_kafka: Any, topology: Topology, slot: ModelSlot, stop: asyncio.Event) -> None:

@@ -106,15 +106,17 @@ async def tail(
     except KafkaConnectionError as exc:
         raise unreachable(kafka, exc) from None
     try:
-        tps = []
-        for t in topics:
-            parts = consumer.partitions_for_topic(t)
-            if parts is None:
-                await consumer._client.force_metadata_update()  # topic may be new
-                parts = consumer.partitions_for_topic(t) or set()
-            tps += [TopicPartition(t, p) for p in parts]
-        if not tps:
-            return
+        tps: list[TopicPartition] = []
+        while True:
+            await consumer.topics()  # a metadata request for every topic: partitions_for_topic needs it
+            tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+            if tps and {tp.topic for tp in tps} == set(topics):
+                break
+            if not follow or (stop is not None and stop.is_set()):
+                if not tps:
+                    return
+                break
+            await asyncio.sleep(0.5)  # following a topic nobody created yet: wait for it
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)

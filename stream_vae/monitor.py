@@ -5,7 +5,10 @@ messages to publish and the hot loop publishes them before committing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from stream_vae.topology import Topology
 log = structlog.get_logger("stream_vae.monitor")
 
 Headers = list[tuple[str, bytes]]
+WORKER_ID = f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,10 @@ class StreamMonitor:
         self._drift: dict[int, DriftMonitor] = {}
         self._last_ckpt = time.monotonic()
         self._seen = 0
-        # the healthy model's flag rate (true anomalies included), tracked while no drift/swap is in progress
+        # the healthy model's flag rate (true anomalies included), tracked while no drift/swap is in progress:
+        # a running mean over the first 20k such records, then an exponential average over ~20k
         self.baseline_rate = topology.calibration.fpr
+        self._baseline_n = 0
 
     # -- model changes -------------------------------------------------------------------------
     def on_swap(self, old: LoadedModel, new: LoadedModel, *, rollback: bool = False) -> None:
@@ -158,9 +164,10 @@ class StreamMonitor:
             parts = np.fromiter((r.partition for r in out.scored), dtype=np.int64, count=len(out.scored))
             for p in np.unique(parts):
                 idx = np.flatnonzero(parts == p)
-                signals += self._monitor(int(p), model).update(
+                found = self._monitor(int(p), model).update(
                     score=res.score[idx], latent_mu=res.latent_mu[idx], contributions=res.contributions[idx]
                 )
+                signals += [dataclasses.replace(g, offset=out.scored[idx[-1]].offset) for g in found]
             decision = self.policy.on_signals(signals, model_version=model.version,
                                               baseline_alert_rate=round(self.baseline_rate, 6))
             if decision.opened:
@@ -178,16 +185,18 @@ class StreamMonitor:
             alerts, suppressed = self.gate.filter(out.alerts, episode=episode)
             self._keep_recent(out, drifting=episode is not None)
             n, k = len(out.scored), int(out.is_anomaly.sum())
-            if episode is None and not self.guard.active:
-                w = min(1.0, n / 20_000)  # EWMA over ~20k records
-                self.baseline_rate = (1 - w) * self.baseline_rate + w * (k / max(1, n))
+            if episode is None and not self.guard.active and n:
+                self._baseline_n = min(self._baseline_n + n, 20_000)
+                w = n / self._baseline_n
+                self.baseline_rate = (1 - w) * self.baseline_rate + w * (k / n)
             verdict = self.guard.update(n, k)
         for a in alerts:
             msgs.append(Message(topo.alerts.anomaly_topic, a.key.encode(), json.dumps(a.to_event()).encode()))
         msgs += [dlq_message(r, topo) for r in out.rejections]
         if topo.alerts.audit_topic and (out.scored or out.rejections):
             flagged = [out.scored[i] for i in np.flatnonzero(out.is_anomaly)]
-            audit = {"stream": topo.name, "model_version": out.model_version, "scored": offset_ranges(out.scored),
+            audit = {"stream": topo.name, "worker": WORKER_ID, "model_version": out.model_version,
+                     "scored": offset_ranges(out.scored),
                      "flagged": offset_ranges(flagged), "rejected": len(out.rejections), "alerts": len(alerts),
                      "suppressed": suppressed}
             msgs.append(Message(topo.alerts.audit_topic, None, json.dumps(audit).encode()))

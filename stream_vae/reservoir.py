@@ -47,7 +47,7 @@ class Reservoir:
             keep = np.flatnonzero(ts >= since_ms)
             raw = [raw[i] for i in keep]
             ts = ts[keep]
-        X = np.frombuffer(b"".join(r[8 : 8 + self._row] for r in raw), dtype="<f4").reshape(len(raw), -1)
+        X = np.frombuffer(b"".join(r[8 : 8 + self._row] for r in raw), dtype="<f4").reshape(len(raw), self.n_features)
         keys = [r[8 + self._row :].decode() for r in raw]
         return X.astype(np.float64), keys, ts
 

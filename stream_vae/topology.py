@@ -16,6 +16,8 @@ from stream_vae.exceptions import TopologyError
 
 FeatureType = Literal["float", "int", "bool"]
 CalibrationMethod = Literal["quantile", "pot"]
+ScoreKind = Literal["gaussian", "robust"]
+ThresholdAdaptation = Literal["off", "track"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -54,6 +56,13 @@ class ModelSpec(_Strict):
     patience: int = Field(default=8, ge=1, description="early stopping on the validation ELBO")
     validation_fraction: float = Field(default=0.2, gt=0, lt=0.9)
     seed: int = 0
+    center_windows: bool = Field(
+        default=False, description="subtract each feature's mean over the window: model shape, not level"
+    )
+    score: ScoreKind = Field(
+        default="robust",
+        description="gaussian: summed Gaussian NLL; robust: sum of log(1 + contribution) per feature (Student-t like)",
+    )
 
 
 class CalibrationSpec(_Strict):
@@ -62,6 +71,12 @@ class CalibrationSpec(_Strict):
     method: CalibrationMethod = "quantile"
     fpr: float = Field(default=0.005, gt=0, lt=0.5, description="target false-positive rate per record")
     smoothing: int = Field(default=1, ge=1, le=1000, description="average the score over the last n records")
+    adapt: ThresholdAdaptation = Field(
+        default="track", description="track: the threshold follows slow shifts of each entity's scores; off: fixed"
+    )
+    half_life: int = Field(
+        default=2000, ge=10, le=10_000_000, description="records of an entity after which its past weighs half"
+    )
 
 
 DriftTest = Literal["score", "latent", "multivariate"]
@@ -74,8 +89,12 @@ class DriftSpec(_Strict):
     enabled: bool = True
     tests: tuple[DriftTest, ...] = ("score", "latent", "multivariate")
     block_size: int = Field(default=200, ge=10, description="records summarised into one detector input")
-    delta: float = Field(default=0.002, gt=0, lt=1, description="ADWIN confidence; smaller = fewer false alarms")
-    warmup_blocks: int = Field(default=10, ge=0, description="blocks seen before any drift can be declared")
+    detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
+    threshold: float = Field(
+        default=8.0, gt=0, description="Page-Hinkley threshold, in reference standard deviations x blocks"
+    )
+    delta: float = Field(default=0.002, gt=0, lt=1, description="ADWIN confidence (detector: adwin)")
+    warmup_blocks: int = Field(default=0, ge=0, description="blocks seen before any drift can be declared")
     min_shift: float = Field(
         default=0.5, ge=0, description="ignore changes smaller than this many reference standard deviations"
     )

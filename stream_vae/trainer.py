@@ -11,8 +11,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,21 +52,39 @@ def evaluate(model: LoadedModel, X: FloatArray, keys: list[str] | None) -> Valid
     return Validation(float(model.calibrator.predict(res.score).mean()), nll_raw)
 
 
+class TrainingAborted(Exception):  # noqa: N818 - it is an outcome, not an error
+    """The trainer is shutting down; the candidate in training is dropped."""
+
+
 class Trainer:
     """Handles recalibration requests for the topologies it owns."""
 
     def __init__(self, topologies: dict[str, Topology], *, registry: RedisModelRegistry,
-                 poll_s: float = 2.0, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 poll_s: float = 2.0) -> None:
         self.topologies = topologies
         self.registry = registry
         self.poll_s = poll_s
-        self.clock = clock
-        self.sleep = sleep
+        self.stopping = threading.Event()  # set on shutdown: training stops after the current epoch
 
     def reservoir(self, topo: Topology) -> Reservoir:
         return Reservoir(self.registry.client, prefix=self.registry.prefix, stream=topo.name,
                          n_features=len(topo.features), buffer_size=topo.retrain.buffer_size)
+
+    def _need(self, topo: Topology, data: dict[str, Any]) -> int:
+        spec = topo.retrain
+        return max(500, spec.min_records // 4) if data.get("kind") == "threshold" else spec.min_records
+
+    def wait_timeout(self, data: dict[str, Any]) -> float:
+        """How long a request may wait for post-drift records before it is refused."""
+        topo = self.topologies.get(str(data.get("stream")))
+        return topo.retrain.wait_timeout_s if topo else 0.0
+
+    def has_records(self, data: dict[str, Any]) -> bool:
+        """Whether the reservoir holds enough records from ``since_ms`` on for this request."""
+        topo = self.topologies.get(str(data.get("stream")))
+        if topo is None:
+            return True
+        return self.reservoir(topo).count_since(int(data.get("since_ms") or 0)) >= self._need(topo, data)
 
     def handle(self, data: dict[str, Any]) -> list[tuple[str, bytes]]:
         """One ``control.recalibrate`` event -> ``(topic, value)`` messages to publish."""
@@ -85,6 +102,9 @@ class Trainer:
         try:
             msgs = self._threshold(topo, data) if kind == "threshold" else self._retrain(topo, data)
             outcome = "activated" if b'"activate"' in msgs[0][1] else "refused"
+        except TrainingAborted:
+            log.info("recalibrate_aborted", stream=topo.name, episode=episode)
+            return []
         except Exception as exc:  # a failed attempt is reported, the trainer keeps serving
             log.error("recalibrate_failed", stream=topo.name, error=f"{type(exc).__name__}: {exc}")
             msgs, outcome = [self._refuse(topo, f"{type(exc).__name__}: {exc}")], "failed"
@@ -93,20 +113,17 @@ class Trainer:
 
     def _refuse(self, topo: Topology, reason: str, active: str | None = None) -> tuple[str, bytes]:
         log.warning("candidate_refused", stream=topo.name, reason=reason)
-        return topo.control.model_topic, model_event(topo, version="", digest="", action="refuse",
+        return topo.control.model_topic, model_event(topo.name, version="", digest="", action="refuse",
                                                      previous=active, reason=reason)
 
     def _recent(self, topo: Topology, since_ms: int | None, need: int) -> tuple[FloatArray, list[str]] | None:
-        """Wait until the reservoir holds ``need`` records from ``since_ms`` on (or time out)."""
-        res = self.reservoir(topo)
-        deadline = self.clock() + topo.retrain.wait_timeout_s
-        while True:
-            X, keys, _ = res.read(since_ms=since_ms)
-            if len(X) >= need:
-                return X, keys
-            if self.clock() >= deadline:
-                return None
-            self.sleep(self.poll_s)
+        """The reservoir's records from ``since_ms`` on, if there are at least ``need`` (callers wait first)."""
+        X, keys, _ = self.reservoir(topo).read(since_ms=since_ms)
+        return (X, keys) if len(X) >= need else None
+
+    def _check_stop(self, *_: float) -> None:
+        if self.stopping.is_set():
+            raise TrainingAborted
 
     def _active(self, topo: Topology) -> LoadedModel:
         version = self.registry.active_version(topo.name)
@@ -116,7 +133,7 @@ class Trainer:
 
     def _threshold(self, topo: Topology, data: dict[str, Any]) -> list[tuple[str, bytes]]:
         active = self._active(topo)
-        need = max(500, topo.retrain.min_records // 4)
+        need = self._need(topo, data)
         got = self._recent(topo, data.get("since_ms"), need)
         if got is None:
             return [self._refuse(topo, f"fewer than {need} recent records arrived in time", active.version)]
@@ -138,7 +155,8 @@ class Trainer:
                                        f"{spec.wait_timeout_s:.0f}s", active.version)]
         X, keys = got
         n_hold = max(50, int(len(X) * spec.holdout_fraction))
-        cand_t = train_model(X[:-n_hold], topo, entities=keys[:-n_hold], max_seconds=spec.max_train_seconds)
+        cand_t = train_model(X[:-n_hold], topo, entities=keys[:-n_hold], max_seconds=spec.max_train_seconds,
+                             progress=self._check_stop)
         cand = load_artifact(to_artifact(cand_t, "candidate"), topology=topo)
         hx, hk = X[-n_hold:], keys[-n_hold:]
         v_new, v_old = evaluate(cand, hx, hk), evaluate(active, hx, hk)
@@ -158,5 +176,5 @@ class Trainer:
                   evidence: dict[str, Any]) -> tuple[str, bytes]:
         art = self.registry.register(model, activate=True)
         log.info("candidate_activated", stream=topo.name, version=art.version, previous=active.version, **evidence)
-        return topo.control.model_topic, model_event(topo, version=art.version, digest=art.manifest["sha256"],
+        return topo.control.model_topic, model_event(topo.name, version=art.version, digest=art.manifest["sha256"],
                                                      action="activate", previous=active.version)

@@ -1,0 +1,111 @@
+"""Drift policy and swap guard: pure state machines with injected time and storage."""
+
+from __future__ import annotations
+
+from stream_vae.drift import DriftSignal
+from stream_vae.hygiene import AlertGate
+from stream_vae.lifecycle import DriftPolicy, MemoryEpisodeStore, SwapGuard
+from stream_vae.monitor import offset_ranges
+from stream_vae.records import Alert, RawRecord
+from stream_vae.testing import synth_topology
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _sig(test: str) -> DriftSignal:
+    return DriftSignal("synth", "synth", test, "adwin", 1.0, 0.5, 1000)
+
+
+def _policy(**drift: object) -> tuple[DriftPolicy, Clock]:
+    clock = Clock()
+    topo = synth_topology(drift=drift)
+    return DriftPolicy(topo, MemoryEpisodeStore(clock), prefix="p", clock=clock), clock
+
+
+def test_score_only_drift_asks_for_threshold_latent_for_retrain() -> None:
+    """Score-only drift requests a threshold recalibration; latent drift a full retrain."""
+    pol, clock = _policy(cooldown_s=0.001, episode_timeout_s=1)
+    assert pol.on_signals([_sig("score")], model_version="v1").recalibrate.kind == "threshold"  # type: ignore[union-attr]
+    clock.t += 2
+    assert pol.on_signals([_sig("score"), _sig("latent")], model_version="v1").recalibrate.kind == "retrain"  # type: ignore[union-attr]
+
+
+def test_one_episode_one_request_until_timeout() -> None:
+    """While an episode is open further signals publish nothing; after its timeout a new one opens."""
+    pol, clock = _policy(cooldown_s=10, episode_timeout_s=100)
+    first = pol.on_signals([_sig("latent")], model_version="v1")
+    assert first.opened and first.recalibrate and first.drift_alerts
+    again = pol.on_signals([_sig("latent")], model_version="v1")
+    assert again.opened is None and again.recalibrate is None and not again.drift_alerts
+    assert pol.episode == first.opened
+    clock.t += 101
+    assert pol.episode is None
+    later = pol.on_signals([_sig("latent")], model_version="v1")
+    assert later.opened and later.recalibrate is not None and later.recalibrate.since_ms == int(clock.t * 1000)
+
+
+def test_cooldown_limits_recalibration_requests() -> None:
+    """A new episode inside the cool-down raises drift alerts but no second recalibration request."""
+    pol, clock = _policy(cooldown_s=500, episode_timeout_s=10)
+    assert pol.on_signals([_sig("latent")], model_version="v1").recalibrate is not None
+    clock.t += 20
+    d = pol.on_signals([_sig("latent")], model_version="v1")
+    assert d.opened and d.recalibrate is None
+
+
+def test_close_episode_after_swap() -> None:
+    """Closing the episode (new model active) lets the next drift open a fresh one."""
+    pol, _ = _policy()
+    pol.on_signals([_sig("latent")], model_version="v1")
+    pol.close_episode()
+    assert pol.episode is None
+
+
+def test_guard_passes_a_good_model_and_fails_a_bad_one() -> None:
+    """The guard accepts a flag rate near the healthy baseline and rejects one far above it."""
+    topo = synth_topology(calibration={"fpr": 0.002}, guard={"records": 1000, "min_alerts": 5})
+    g = SwapGuard(topo)
+    g.start("v2", previous="v1", baseline_rate=0.02)
+    assert g.update(600, 12) is None
+    ok = g.update(600, 10)
+    assert ok is not None and not ok.rollback
+    assert not g.active
+    g.start("v3", previous="v2", baseline_rate=0.02)
+    bad = g.update(1000, 300)
+    assert bad is not None and bad.rollback and "limit" in bad.reason
+
+
+def test_guard_idle_after_rollback_start() -> None:
+    """A rollback target (previous=None) is not guarded again."""
+    g = SwapGuard(synth_topology())
+    g.start("v1", previous=None)
+    assert not g.active and g.update(10_000, 10_000) is None
+
+
+def _alert(key: str, severity: str = "high", score: float = 10.0) -> Alert:
+    return Alert("synth", "synth", key, "t", 0, 1, None, score, 5.0, 1e-5, severity, [], [], "v1", "c")
+
+
+def test_alert_gate_cooldown_and_drift_marking() -> None:
+    """One alert per key per cool-down (the strongest wins); drift episodes mark and thin alerts."""
+    clock = Clock()
+    store = MemoryEpisodeStore(clock)
+    gate = AlertGate(synth_topology(alerts={"cooldown_s": 60}), store, prefix="p")
+    kept, dropped = gate.filter([_alert("a", score=7), _alert("a", score=9), _alert("b")], episode=None)
+    assert sorted((a.key, a.score) for a in kept) == [("a", 9), ("b", 10)] and dropped == 1
+    assert gate.filter([_alert("a")], episode=None) == ([], 1)
+    clock.t += 61
+    kept, _ = gate.filter([_alert("a"), _alert("c", severity="medium")], episode="drift-x")
+    assert [(a.key, a.drift_episode) for a in kept] == [("a", "drift-x")]
+
+
+def test_offset_ranges_compacts_consecutive_offsets() -> None:
+    """Audit ranges cover exactly the scored offsets per partition."""
+    recs = [RawRecord(b"", None, "t", p, o) for p, o in [(0, 5), (0, 6), (0, 7), (0, 9), (1, 3)]]
+    assert offset_ranges(recs) == {"0": [[5, 7], [9, 9]], "1": [[3, 3]]}
