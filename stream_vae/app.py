@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from stream_vae.config import Settings
 from stream_vae.hotpath import HotLoop
 from stream_vae.hotswap import ModelSlot, listen_control, model_event
+from stream_vae.model import set_torch_threads
 from stream_vae.model.registry import RedisModelRegistry
 from stream_vae.monitor import Emission, Message, StreamMonitor
 from stream_vae.state import redis_client
@@ -112,6 +113,7 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | None = None) -> faust.App:
     """A faust app that scores ``topology``'s input topic with the stream's active model."""
     w = settings.worker
+    set_torch_threads(w.torch_threads)
     app = faust.App(
         f"stream-vae-{topology.name}-{socket.gethostname()}",
         **faust_broker_kwargs(settings),
@@ -206,6 +208,7 @@ def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
     from stream_vae.trainer import Trainer
 
     w = settings.worker
+    set_torch_threads(w.torch_threads)
     app = faust.App(
         "stream-vae-trainer",  # one consumer group: each request is handled by one trainer replica
         **faust_broker_kwargs(settings),

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -68,7 +69,7 @@ async def _raw_loop(ks: KafkaSettings, topic: str, n: int) -> float:
         await producer.stop()
 
 
-async def _hot_loop(ks: KafkaSettings, topic: str, n: int, pipeline: Any, topology: Any) -> tuple[float, int]:
+async def _hot_loop(ks: KafkaSettings, topic: str, n: int, processor: Any, topology: Any) -> tuple[float, int]:
     from stream_vae.hotpath import HotLoop
 
     settings = Settings(kafka=ks.model_copy(update={"session_timeout_ms": 6000, "rebalance_timeout_ms": 3000}),
@@ -78,7 +79,7 @@ async def _hot_loop(ks: KafkaSettings, topic: str, n: int, pipeline: Any, topolo
         if loop.stats.scored + loop.stats.rejected >= n:
             loop.request_stop()
 
-    loop = HotLoop(pipeline, settings=settings, topology=topology, after_batch=until_done,
+    loop = HotLoop(processor, settings=settings, topology=topology, after_batch=until_done,
                    group_id=f"bench-hot-{uuid.uuid4().hex[:6]}")
     await loop.start()
     await loop.run()
@@ -86,17 +87,21 @@ async def _hot_loop(ks: KafkaSettings, topic: str, n: int, pipeline: Any, topolo
 
 
 def run_throughput(*, records: int = 200_000, quiet: bool = False, faust_records: int | None = None) -> dict[str, Any]:
+    from stream_vae.config import RedisSettings
     from stream_vae.demo import _DEMO_TOPOLOGY
     from stream_vae.hotswap import warm_up
     from stream_vae.model.registry import load_artifact, to_artifact
     from stream_vae.model.train import train_model
+    from stream_vae.monitor import StreamMonitor
     from stream_vae.pipeline import Pipeline
+    from stream_vae.services import redis_service
+    from stream_vae.state import redis_client
     from stream_vae.synth import generate
     from stream_vae.topology import load_topology
 
     base = load_topology(_DEMO_TOPOLOGY)
     faust_n = faust_records or min(records, 20_000)
-    with kafka_service() as kafka:
+    with kafka_service() as kafka, redis_service() as redis_svc:
         ks = KafkaSettings(bootstrap_servers=kafka.address)
         topic = f"bench.{uuid.uuid4().hex[:6]}"
         topo = base.model_copy(update={
@@ -114,8 +119,17 @@ def run_throughput(*, records: int = 200_000, quiet: bool = False, faust_records
         size = sum(map(len, payloads)) / len(payloads)
         _say(quiet, f"publishing {len(payloads)} records (~{size:.0f} bytes each) to {topic} (4 partitions)")
         asyncio.run(_fill(ks, topic, payloads, 4))
-        _say(quiet, "measuring: stream-vae hot path (validate, featurize, VAE score, calibrate, alerts, commit)")
-        scored_per_s, n_alerts = asyncio.run(_hot_loop(ks, topic, len(payloads), Pipeline(topo, model), topo))
+        _say(quiet, "measuring: the worker path (validate, featurize, VAE, calibrate, drift, hygiene, reservoir, "
+                    "alerts, commit)")
+        client = redis_client(RedisSettings(url=redis_svc.address))
+        prefix = f"bench-{uuid.uuid4().hex[:6]}"
+        pipeline = Pipeline(topo, model)
+        monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=prefix)
+        try:
+            scored_per_s, n_alerts = asyncio.run(_hot_loop(ks, topic, len(payloads), monitor, topo))
+        finally:
+            for k in client.scan_iter(f"{prefix}:*"):
+                client.delete(k)
         _say(quiet, "measuring: raw aiokafka consume -> send_batch -> commit")
         raw_per_s = asyncio.run(_raw_loop(ks, topic, len(payloads)))
         _say(quiet, f"measuring: faust agent per-event consume -> send ({faust_n} records)")
@@ -142,3 +156,63 @@ def run_throughput(*, records: int = 200_000, quiet: bool = False, faust_records
         "machine": f"{platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()}".strip(),
         "python": platform.python_version(),
     }
+
+
+def run_drift(*, seeds: int = 5, steps: int = 6000, quiet: bool = False) -> dict[str, Any]:
+    """Detection delay and false alarms of the drift monitor on the synthetic stream (no broker needed).
+
+    For each seed: a stream whose workload shifts at a known step and a stationary stream of the same
+    length (both with injected anomalies), scored by one model, fed in batches of 1000 through one
+    ``DriftMonitor`` per partition (4 partitions, entities hashed). Both detectors run on the same data.
+    """
+    import numpy as np
+
+    from stream_vae.drift import DriftMonitor
+    from stream_vae.synth import generate
+    from stream_vae.testing import quick_model, synth_topology
+
+    base = synth_topology("bench-drift", epochs=15)
+    model = quick_model(base, steps=2000)
+    scorer = model.scorer()
+    out: dict[str, Any] = {"seeds": seeds, "records_per_stream": steps * 6, "detectors": {}}
+    for detector in ("page_hinkley", "adwin"):
+        topo = base.model_copy(update={"drift": base.drift.model_copy(update={"detector": detector})})
+        delays: list[int] = []
+        misses = false_alarms = stationary_records = 0
+        for seed in range(seeds):
+            at_step = 2000 + steps // 3
+            for drift_at in (at_step, None):
+                s = generate(n_steps=steps, t0=2000, anomaly_rate=0.004, seed=100 + seed, drift_at=drift_at)
+                r = scorer.score_many(model.scaler.transform(s.X))
+                part = np.array([zlib.crc32(e.encode()) % 4 for e in s.entities])  # stable across runs
+                mons = {p: DriftMonitor(topo, model.reference) for p in range(4)}
+                first: int | None = None
+                alarms = 0
+                for i in range(0, len(s.X), 1000):
+                    sl = np.arange(i, min(i + 1000, len(s.X)))
+                    for p, mon in mons.items():
+                        idx = sl[part[sl] == p]
+                        if mon.update(score=r.score[idx], latent_mu=r.latent_mu[idx],
+                                      contributions=r.contributions[idx]):
+                            alarms += 1
+                            first = int(sl[-1]) if first is None else first
+                if drift_at is None:
+                    false_alarms += alarms
+                    stationary_records += len(s.X)
+                else:
+                    drift_row = int(np.flatnonzero(s.steps >= drift_at)[0])
+                    early = first is not None and first < drift_row
+                    if first is None or early:
+                        misses += 1
+                        false_alarms += int(early)
+                    else:
+                        delays.append(first - drift_row)
+        out["detectors"][detector] = {
+            "detected": len(delays),
+            "missed": misses,
+            "delay_records_median": float(np.median(delays)) if delays else None,
+            "delay_records_max": int(max(delays)) if delays else None,
+            "false_alarms_per_100k_stationary": round(1e5 * false_alarms / max(1, stationary_records), 3),
+        }
+        _say(quiet, f"{detector}: {out['detectors'][detector]}")
+    return out

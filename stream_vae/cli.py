@@ -67,6 +67,12 @@ def _settings(pretty: bool = False) -> Settings:
     return s
 
 
+def _torch(s: Settings) -> None:
+    from stream_vae.model import set_torch_threads
+
+    set_torch_threads(s.worker.torch_threads)
+
+
 def _topology(path: Path) -> Any:
     from stream_vae.topology import load_topology
 
@@ -117,6 +123,7 @@ def train(
     s = _settings(pretty)
     topo = _topology(topology)
     registry = _registry(s)  # fail fast on Redis before training
+    _torch(s)
     X, ents = rows_to_matrix(read_rows(input, topo), topo)
     with Progress(transient=True, disable=json_out) as prog:
         task = prog.add_task(f"training {topo.name} on {len(X)} rows", total=topo.model.epochs)
@@ -348,6 +355,7 @@ def demo(
     """Live demo on an embedded broker: train, register, score a synthetic stream, show alerts."""
     from stream_vae.demo import run_demo
 
+    _torch(Settings())
     if scenario not in ("anomalies", "drift"):
         _fail(f"--scenario must be 'anomalies' or 'drift', not {scenario!r}")
     summary = run_demo(seconds=seconds, rate=rate, quiet=json_out, scenario=scenario)  # type: ignore[arg-type]
@@ -364,8 +372,23 @@ def bench_throughput(
     """Scored records/s of one worker through the broker, against raw aiokafka and faust baselines."""
     from stream_vae.bench import run_throughput
 
+    _torch(Settings())
     res = run_throughput(records=records, quiet=json_out)
     typer.echo(json.dumps(res) if json_out else "\n".join(f"{k}: {v}" for k, v in res.items()))
+
+
+@bench_app.command("drift")
+@friendly
+def bench_drift(
+    seeds: Annotated[int, typer.Option(help="streams per detector (each: one drifting, one stationary)")] = 5,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Drift detection delay and false alarms on the synthetic stream, Page-Hinkley vs ADWIN."""
+    from stream_vae.bench import run_drift
+
+    _torch(Settings())
+    res = run_drift(seeds=seeds, quiet=json_out)
+    typer.echo(json.dumps(res) if json_out else json.dumps(res, indent=2))
 
 
 def main() -> None:

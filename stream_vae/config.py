@@ -84,6 +84,7 @@ class WorkerSettings(_Frozen):
     max_batch: int = Field(default=5000, ge=1)
     poll_timeout_ms: int = Field(default=200, ge=1)
     max_record_bytes: int = Field(default=65_536, ge=64)
+    torch_threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads per process")
     model_poll_s: float = Field(default=5.0, gt=0, description="how often to re-read the active model pointer")
 
 
