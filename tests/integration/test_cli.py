@@ -34,8 +34,8 @@ def env(kafka_bootstrap: str, redis_url: str, redis_prefix: str) -> dict[str, st
 
 
 def test_worker_process_probes_train_produce_alerts_and_sigterm(tmp_path: Path, env: dict[str, str]) -> None:
-    """A worker started like the image's entrypoint is live at once, ready only after a model is trained,
-    scores replayed data, exposes metrics, and exits 0 on SIGTERM."""
+    """A worker started like the image's entrypoint (the `stream-vae` console script) is live at once,
+    ready only after a model is trained, scores replayed data, exposes metrics, and exits 0 on SIGTERM."""
     name = f"cli{uuid.uuid4().hex[:6]}"
     topo = synth_topology(name, epochs=5, alerts={"anomaly_topic": f"{name}.alerts", "dlq_topic": f"{name}.dlq",
                                                   "drift_topic": f"{name}.drift"})
@@ -45,7 +45,8 @@ def test_worker_process_probes_train_produce_alerts_and_sigterm(tmp_path: Path, 
     assert r.returncode == 0, r.stderr
     port = free_port()
     wenv = {**os.environ, **env, "STREAM_VAE_WORKER__HTTP_PORT": str(port), "STREAM_VAE_WORKER__HTTP_HOST": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "stream_vae.cli", "worker", "--topology", str(tfile)],
+    entrypoint = str(Path(sys.executable).with_name("stream-vae"))  # the image's ENTRYPOINT
+    proc = subprocess.Popen([entrypoint, "worker", "--topology", str(tfile)],
                             env=wenv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: http_get(port, "/healthz")[0] == 200, 60, "liveness")
