@@ -48,7 +48,7 @@ class PlainProcessor:
         topo = self.pipeline.topology
         msgs = [Message(topo.alerts.anomaly_topic, a.key.encode(), json.dumps(a.to_event()).encode())
                 for a in out.alerts]
-        return Emission(out, msgs + [dlq_message(r, topo) for r in out.rejections])
+        return Emission(out, msgs + [dlq_message(r, topo) for r in out.rejections], alerts=out.alerts)
 
 
 @dataclass
@@ -206,11 +206,11 @@ class HotLoop:
             metrics.E2E_LAG.labels(stream).set(max(0.0, time.time() - newest / 1000))
         for rej in outcome.rejections:
             metrics.RECORDS_REJECTED.labels(stream, rej.reason).inc()
-        for m in emission.messages:
-            if m.topic == self.topology.alerts.anomaly_topic:
-                self.stats.alerts_published += 1
-        for a in outcome.alerts:
+        self.stats.alerts_published += len(emission.alerts)
+        for a in emission.alerts:
             metrics.ALERTS.labels(stream, a.severity).inc()
+        if emission.suppressed:
+            metrics.ALERTS_SUPPRESSED.labels(stream).inc(emission.suppressed)
         if self.after_batch is not None:
             res = self.after_batch(emission)
             if res is not None:

@@ -9,6 +9,9 @@ RECORDS_REJECTED = Counter(
     "stream_vae_records_rejected_total", "Records sent to the dead-letter topic", ["stream", "reason"]
 )
 ALERTS = Counter("stream_vae_alerts_total", "Anomaly alerts published", ["stream", "severity"])
+ALERTS_SUPPRESSED = Counter(
+    "stream_vae_alerts_suppressed_total", "Anomaly alerts held back by cool-down or during a drift episode", ["stream"]
+)
 DRIFT_ALERTS = Counter("stream_vae_drift_alerts_total", "Drift alerts published", ["stream", "test"])
 BATCH_LATENCY = Histogram(
     "stream_vae_batch_seconds",

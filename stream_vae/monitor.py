@@ -22,7 +22,7 @@ from stream_vae.drift import DriftMonitor, DriftSignal
 from stream_vae.hygiene import AlertGate
 from stream_vae.lifecycle import DriftPolicy, GuardVerdict, RedisEpisodeStore, SwapGuard
 from stream_vae.model.registry import LoadedModel
-from stream_vae.records import BatchOutcome, RawRecord, Rejection, envelope
+from stream_vae.records import Alert, BatchOutcome, RawRecord, Rejection, envelope
 from stream_vae.reservoir import Reservoir
 from stream_vae.topology import Topology
 
@@ -46,6 +46,7 @@ class Emission:
 
     outcome: BatchOutcome
     messages: list[Message]
+    alerts: list[Alert] = field(default_factory=list)  # the anomaly alerts published (after hygiene)
     suppressed: int = 0
     drift_signals: list[DriftSignal] = field(default_factory=list)
     rollback: GuardVerdict | None = None
@@ -202,7 +203,7 @@ class StreamMonitor:
             msgs.append(Message(topo.alerts.audit_topic, None, json.dumps(audit).encode()))
         if time.monotonic() - self._last_ckpt > self.checkpoint_s:
             self.checkpoint()
-        return Emission(out, msgs, suppressed, signals, verdict)
+        return Emission(out, msgs, alerts, suppressed, signals, verdict)
 
     def _keep_recent(self, out: BatchOutcome, *, drifting: bool) -> None:
         """Reservoir: keep records the model did not flag. During a drift episode the model flags the

@@ -60,7 +60,7 @@ def test_records_in_alerts_and_dead_letters_out(kafka_bootstrap: str, redis_url:
         pipeline = await slot.wait_for_model()
         scored: list[tuple[int, int]] = []
         loop = HotLoop(pipeline, settings=s, topology=topo,
-                       after_batch=lambda out: scored.extend((r.partition, r.offset) for r in out.scored))
+                       after_batch=lambda em: scored.extend((r.partition, r.offset) for r in em.outcome.scored))
         await _run_worker_until(loop, len(payloads), timeout=90)
         return scored
 
