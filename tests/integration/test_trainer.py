@@ -1,0 +1,95 @@
+"""The trainer and the reservoir against a real Redis (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from stream_vae.model.registry import RedisModelRegistry
+from stream_vae.reservoir import Reservoir
+from stream_vae.state import redis_client
+from stream_vae.synth import generate
+from stream_vae.testing import quick_model, synth_topology
+from stream_vae.trainer import Trainer
+
+from .helpers import settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def setup(redis_url: str, redis_prefix: str):  # type: ignore[no-untyped-def]
+    topo = synth_topology("tr", epochs=6, retrain={"min_records": 2000, "buffer_size": 5000})
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    registry = RedisModelRegistry(client, prefix=redis_prefix)
+    registry.register(quick_model(topo, steps=1000), activate=True)
+    res = Reservoir(client, prefix=redis_prefix, stream="tr", n_features=8, buffer_size=5000)
+    return topo, registry, res, Trainer({"tr": topo}, registry=registry, poll_s=0.1)
+
+
+def _event(res: Trainer, data: dict[str, object]) -> dict[str, object]:
+    msgs = res.handle(data)
+    assert len(msgs) == 1
+    return dict(json.loads(msgs[0][1])["data"])
+
+
+def test_reservoir_round_trip_since_and_cap(setup) -> None:  # type: ignore[no-untyped-def]
+    """Records come back in arrival order with their keys, filtered by time and capped in size."""
+    _, _, res, _ = setup
+    X = np.arange(16.0).reshape(2, 8)
+    res.add(X, ["a", "b"], [1000, 2000])
+    Xb, keys, ts = res.read()
+    np.testing.assert_allclose(Xb, X)
+    assert keys == ["a", "b"] and ts.tolist() == [1000, 2000]
+    assert res.count_since(1500) == 1
+    res.add(np.zeros((6000, 8)), ["z"] * 6000, [3000] * 6000)
+    assert len(res) == 5000
+
+
+def test_threshold_recalibration_keeps_weights_moves_threshold(setup) -> None:  # type: ignore[no-untyped-def]
+    """A threshold request registers a new version with the same weights and a threshold from recent records."""
+    topo, registry, res, trainer = setup
+    before = registry.load("tr", "v1")
+    s = generate(n_steps=500, t0=1000, seed=3, drift_at=1000)  # shifted regime: scores rise
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X))
+    ev = _event(trainer, {"stream": "tr", "kind": "threshold", "since_ms": now, "episode": "e-thr"})
+    assert ev["action"] == "activate" and ev["previous"] == "v1"
+    after = registry.load("tr", str(ev["version"]))
+    assert after.calibrator.threshold > before.calibrator.threshold
+    a, b = registry.get("tr", "v1"), registry.get("tr", str(ev["version"]))
+    assert a.manifest["sha256"] == b.manifest["sha256"], "same weights"
+
+
+def test_refuses_without_enough_post_drift_records(setup) -> None:  # type: ignore[no-untyped-def]
+    """A retrain with too few records after the drift is refused with the reason, nothing activated."""
+    _, registry, res, trainer = setup
+    s = generate(n_steps=50, t0=1000, seed=4)
+    res.add(s.X, s.entities, [int(time.time() * 1000)] * len(s.X))
+    assert not trainer.has_records({"stream": "tr", "kind": "retrain", "since_ms": 0})
+    ev = _event(trainer, {"stream": "tr", "kind": "retrain", "since_ms": 0, "episode": "e-few"})
+    assert ev["action"] == "refuse" and "fewer than 2000" in str(ev["reason"])
+    assert registry.active_version("tr") == "v1"
+
+
+def test_retrain_on_post_drift_records_is_activated_and_duplicates_ignored(setup) -> None:  # type: ignore[no-untyped-def]
+    """Enough post-drift records give a validated candidate; the same episode is not handled twice."""
+    _, registry, res, trainer = setup
+    s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X))
+    data = {"stream": "tr", "kind": "retrain", "since_ms": now, "episode": "e-ok", "baseline_alert_rate": 0.01}
+    assert trainer.has_records(data)
+    ev = _event(trainer, data)
+    assert ev["action"] == "activate", ev
+    assert registry.active_version("tr") == ev["version"]
+    assert trainer.handle(data) == []  # the same episode again: ignored
+
+
+def test_unknown_stream_is_ignored(setup) -> None:  # type: ignore[no-untyped-def]
+    """Requests for streams this trainer does not own produce nothing."""
+    *_, trainer = setup
+    assert trainer.handle({"stream": "other", "kind": "retrain"}) == []
