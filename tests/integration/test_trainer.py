@@ -51,7 +51,7 @@ def test_reservoir_round_trip_since_and_cap(setup) -> None:  # type: ignore[no-u
 
 def test_threshold_recalibration_keeps_weights_moves_threshold(setup) -> None:  # type: ignore[no-untyped-def]
     """A threshold request registers a new version with the same weights and a threshold from recent records."""
-    topo, registry, res, trainer = setup
+    _, registry, res, trainer = setup
     before = registry.load("tr", "v1")
     s = generate(n_steps=500, t0=1000, seed=3, drift_at=1000)  # shifted regime: scores rise
     now = int(time.time() * 1000)
