@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from stream_vae.config import Settings
+from stream_vae.evaluation.cli import eval_app
 from stream_vae.exceptions import StreamVAEError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ models_app = typer.Typer(help="List, activate and roll back model versions.", no
 bench_app = typer.Typer(help="Benchmarks (results go in BENCHMARKS.md).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+app.add_typer(eval_app, name="eval")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

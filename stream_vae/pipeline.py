@@ -6,57 +6,122 @@ knows about Kafka, Redis or faust.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from stream_vae.alerts import AlertBuilder
+from stream_vae.calibrate import ScoreSmoother, ThresholdTracker
 from stream_vae.model.registry import LoadedModel
 from stream_vae.preprocess import Windower
-from stream_vae.records import BatchOutcome, RawRecord
+from stream_vae.records import Alert, BatchOutcome, RawRecord
 from stream_vae.topology import Topology
 from stream_vae.validate import Validator
+
+
+@dataclasses.dataclass(frozen=True)
+class _Active:
+    """The model and the online state calibrated for it, swapped together as one reference."""
+
+    model: LoadedModel
+    smoother: ScoreSmoother
+    tracker: ThresholdTracker
+
+
+def _active(model: LoadedModel) -> _Active:
+    cal = model.calibrator
+    return _Active(model, ScoreSmoother(cal.smoothing), ThresholdTracker(cal))
 
 
 class Pipeline:
     """Scores batches of raw records with the active model.
 
+    Per record, in arrival order: validate, window per entity, scale, score (one torch call per
+    batch), smooth the score over the entity's last ``calibration.smoothing`` records, compare
+    with the entity's threshold (the calibrated one, moved by the label-free
+    :class:`~stream_vae.calibrate.ThresholdTracker` when ``calibration.adapt == "track"``), then
+    build alerts. ``BatchOutcome.result.score`` is the smoothed score the threshold was applied
+    to; every alert carries its own threshold. The threshold used for a batch is the one reached
+    before it: a batch's scores move it for the next one.
+
     ``swap(model)`` replaces the model between batches: one reference assignment, so a batch is
-    always scored by exactly one version and every alert names it.
+    always scored by exactly one version and every alert names it. The smoothing and threshold
+    state start afresh with the new model (its scores live on its own scale); the windows of raw
+    records are kept when the window length does not change.
     """
 
     def __init__(self, topology: Topology, model: LoadedModel) -> None:
         self.topology = topology
         self.validator = Validator(topology)
-        self.windower = Windower(topology.window)
+        self.windower = Windower(model.window)
         self.alerts = AlertBuilder(topology)
-        self._model = model
+        self._active = _active(model)
 
     @property
     def model(self) -> LoadedModel:
-        return self._model
+        return self._active.model
+
+    @property
+    def tracker(self) -> ThresholdTracker:
+        """The online threshold state of the active model."""
+        return self._active.tracker
 
     def swap(self, model: LoadedModel) -> LoadedModel:
         """Make ``model`` active for the next batch; returns the previous one."""
-        if model.window != self.topology.window:
+        if model.window != self.windower.window:
             self.windower = Windower(model.window)
-        old, self._model = self._model, model
-        return old
+        old, self._active = self._active, _active(model)
+        return old.model
+
+    def snapshot(self) -> dict[str, Any]:
+        """Online state (windows, smoothing buffers, threshold histograms) for a checkpoint."""
+        act = self._active
+        return {
+            "model_version": act.model.version,
+            "windower": self.windower.snapshot(),
+            "smoother": act.smoother.snapshot(),
+            "tracker": act.tracker.snapshot(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Resume from ``snapshot()``; score state is only taken back for the same model version."""
+        act = self._active
+        self.windower.restore(state.get("windower", {}))
+        if state.get("model_version") == act.model.version:
+            act.smoother.restore(state.get("smoother", {}))
+            act.tracker.restore(state.get("tracker", {}))
 
     def process_batch(self, records: Sequence[RawRecord], *, drift_episode: str | None = None) -> BatchOutcome:
-        model = self._model  # read once: a concurrent swap affects the next batch, not this one
+        act = self._active  # read once: a concurrent swap affects the next batch, not this one
+        model, cal = act.model, act.model.calibrator
         batch, rejected = self.validator.validate(records)
         if len(batch) == 0:
-            return BatchOutcome([], [], rejected, None, model.calibrator.threshold, model.version)
-        X = model.scaler.transform(self.windower.transform(batch.X, batch.keys))
+            return BatchOutcome([], [], rejected, None, cal.threshold, model.version)
+        keys = batch.keys
+        X = model.scaler.transform(self.windower.transform(batch.X, keys))
         result = model.scorer.score_many(X)
-        cal = model.calibrator
-        flagged = cal.predict(result.score)
-        p = cal.p_value(result.score[flagged])
+        score = act.smoother.transform(result.score, keys)
+        if score is not result.score:
+            result = dataclasses.replace(result, score=score)
+        thresholds = act.tracker.thresholds(keys)
+        flagged = score > thresholds
         p_all = np.ones(len(batch))
-        p_all[flagged] = p
-        alerts = self.alerts.build(
-            batch, result, flagged, p_all,
-            threshold=cal.threshold, calibration_id=model.calibration_id, drift_episode=drift_episode,
+        idx = np.flatnonzero(flagged)
+        if len(idx):
+            p_all[idx] = act.tracker.p_values(score[idx], [keys[i] for i in idx])
+        act.tracker.update(score, keys)
+        alerts: list[tuple[int, Alert]] = []
+        for thr in np.unique(thresholds[idx]):
+            mask = flagged & (thresholds == thr)
+            built = self.alerts.build(
+                batch, result, mask, p_all,
+                threshold=float(thr), calibration_id=model.calibration_id, drift_episode=drift_episode,
+            )
+            alerts.extend(zip(np.flatnonzero(mask).tolist(), built, strict=True))
+        alerts.sort(key=lambda pair: pair[0])
+        return BatchOutcome(
+            batch.records, [a for _, a in alerts], rejected, result, float(thresholds[-1]), model.version, flagged,
+            batch=batch,  # the reservoir keeps the raw features of records the model did not flag
         )
-        return BatchOutcome(batch.records, alerts, rejected, result, cal.threshold, model.version, flagged, batch=batch)

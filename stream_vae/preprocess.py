@@ -15,16 +15,24 @@ from stream_vae.records import FloatArray
 class Scaler:
     """Robust standardisation fitted once on training data; its parameters travel in the model manifest.
 
+    With ``center_windows``, a windowed row (``w`` records side by side) also has each feature's
+    mean over the window subtracted: the model then sees the shape of the recent past, not its
+    level, so a slow drift of the level is invisible and a sudden change shows while it is
+    inside the window. Useful for univariate, non-stationary series (NAB); off by default.
+
     Examples
     --------
     >>> s = Scaler().fit(np.array([[0.0, 10.0], [2.0, 10.0]]))
     >>> s.transform(np.array([[1.0, 10.0]])).tolist()
     [[0.0, 0.0]]
+    >>> Scaler(center_windows=True).fit(np.array([[0.0], [2.0]])).transform(np.array([[3.0, 5.0]])).tolist()
+    [[-1.0, 1.0]]
     """
 
-    def __init__(self, *, min_std: float = 1e-3, clip: float = 50.0) -> None:
+    def __init__(self, *, min_std: float = 1e-3, clip: float = 50.0, center_windows: bool = False) -> None:
         self.min_std = min_std
         self.clip = clip
+        self.center_windows = center_windows
         self._reset()
 
     def _reset(self) -> None:
@@ -47,16 +55,22 @@ class Scaler:
         reps = X.shape[1] // len(self._mean)
         mean, std = np.tile(self._mean, reps), np.tile(self._std, reps)
         out: FloatArray = np.clip((X - mean) / std, -self.clip, self.clip)
+        if self.center_windows and reps > 1:
+            w = out.reshape(len(out), reps, -1)
+            out = (w - w.mean(axis=1, keepdims=True)).reshape(len(out), -1)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         if self._mean is None or self._std is None:
             raise NotFittedError("Scaler.to_dict called before fit()")
-        return {"mean": self._mean.tolist(), "std": self._std.tolist(), "clip": self.clip}
+        return {
+            "mean": self._mean.tolist(), "std": self._std.tolist(), "clip": self.clip,
+            "center_windows": self.center_windows,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Scaler:
-        s = cls(clip=float(d.get("clip", 50.0)))
+        s = cls(clip=float(d.get("clip", 50.0)), center_windows=bool(d.get("center_windows", False)))
         s._mean = np.asarray(d["mean"], dtype=np.float64)
         s._std = np.asarray(d["std"], dtype=np.float64)
         return s

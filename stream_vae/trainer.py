@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,9 @@ from stream_vae.calibrate import Calibrator
 from stream_vae.exceptions import ModelLoadError
 from stream_vae.hotswap import model_event
 from stream_vae.model.registry import LoadedModel, RedisModelRegistry, load_artifact, to_artifact
-from stream_vae.model.train import TrainedModel, _windows_per_entity, train_model
-from stream_vae.records import FloatArray
+from stream_vae.model.train import TrainedModel, train_model
+from stream_vae.pipeline import Pipeline
+from stream_vae.records import BatchOutcome, FloatArray, RawRecord
 from stream_vae.reservoir import Reservoir
 from stream_vae.topology import Topology
 
@@ -42,14 +44,33 @@ class Validation:
         return {"alert_rate": round(self.alert_rate, 6), "nll_raw": round(self.nll_raw, 4)}
 
 
-def evaluate(model: LoadedModel, X: FloatArray, keys: list[str] | None) -> Validation:
-    """Replay rows through the model's featurization and scorer; log-likelihood corrected to raw units."""
-    W = model.scaler.transform(_windows_per_entity(X, keys, model.window))
-    res = model.scorer.score_many(W)
+def replay(topology: Topology, model: LoadedModel, X: FloatArray, keys: list[str]) -> BatchOutcome:
+    """Run rows through a fresh ``Pipeline`` on ``model`` exactly as a worker would (validation,
+    windows, scaling, smoothing, per-entity thresholds), in arrival order."""
+    kf = topology.key_field
+    names = topology.feature_names
+    records = [
+        RawRecord(json.dumps({**({kf: k} if kf else {}), **dict(zip(names, row, strict=True))}).encode(),
+                  k.encode(), "replay", 0, i)
+        for i, (row, k) in enumerate(zip(X.tolist(), keys, strict=True))
+    ]
+    return Pipeline(topology, model).process_batch(records)
+
+
+def evaluate(topology: Topology, model: LoadedModel, X: FloatArray, keys: list[str]) -> Validation:
+    """Replay rows; the flag rate, and the log-likelihood corrected to raw units so that models with
+    different scalers compare."""
+    out = replay(topology, model, X, keys)
+    if out.result is None:
+        raise ValueError("no valid record to validate on")
+    vae = model.scorer.vae
+    lv = vae.out_log_variance().detach().double().numpy()
     std = np.asarray(model.scaler.to_dict()["std"])
-    # NLL of scaled x plus the log-Jacobian of the scaling: the density of the raw values
-    nll_raw = float(res.score.mean() + model.window * np.log(std).sum())
-    return Validation(float(model.calibrator.predict(res.score).mean()), nll_raw)
+    # Gaussian NLL of the model input = data term (the contributions) + 0.5 * sum(log 2 pi + log var),
+    # plus the log-Jacobian of the scaling: the density of the raw values
+    const = 0.5 * float(np.sum(np.log(2 * np.pi) + lv)) + model.window * float(np.log(std).sum())
+    nll_raw = float(out.result.contributions.sum(axis=1).mean()) + const
+    return Validation(float(out.is_anomaly.mean()), nll_raw)
 
 
 class TrainingAborted(Exception):  # noqa: N818 - it is an outcome, not an error
@@ -138,9 +159,10 @@ class Trainer:
         if got is None:
             return [self._refuse(topo, f"fewer than {need} recent records arrived in time", active.version)]
         X, keys = got
-        W = active.scaler.transform(_windows_per_entity(X, keys, active.window))
-        scores = active.scorer.score_many(W).score
-        cal = Calibrator(method=topo.calibration.method, fpr=topo.calibration.fpr).infer_threshold(scores)
+        out = replay(topo, active, X, keys)
+        assert out.result is not None
+        scores = out.result.score  # smoothed per entity, as the pipeline thresholds them
+        cal = Calibrator.from_spec(topo.calibration).infer_threshold(scores)
         model = TrainedModel(topo, active.scorer.vae, active.scaler, cal,
                              {**active.reference, "score_mean": float(scores.mean()), "score_std": float(scores.std())},
                              n_train=len(X))
@@ -159,7 +181,7 @@ class Trainer:
                              progress=self._check_stop)
         cand = load_artifact(to_artifact(cand_t, "candidate"), topology=topo)
         hx, hk = X[-n_hold:], keys[-n_hold:]
-        v_new, v_old = evaluate(cand, hx, hk), evaluate(active, hx, hk)
+        v_new, v_old = evaluate(topo, cand, hx, hk), evaluate(topo, active, hx, hk)
         evidence = {"kind": "retrain", "records": len(X), "holdout": n_hold,
                     "candidate": v_new.as_dict(), "active": v_old.as_dict()}
         baseline = float(data.get("baseline_alert_rate") or 0.0)

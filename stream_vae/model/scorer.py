@@ -15,6 +15,14 @@ class VAEScorer:
     ``contributions`` are each feature's squared standardised residual, 0.5 * ((x - x_hat) / sigma)^2
     (the part of the NLL that depends on the data, so always >= 0), folded back onto the
     topology's features: with a window of w records, summed over the w positions.
+
+    The score depends on the VAE's ``score_kind``:
+
+    * ``"gaussian"``: the Gaussian negative log-likelihood of the (windowed) row, summed.
+    * ``"robust"``: ``sum_j log(1 + c_j)`` over the features' contributions ``c_j``. For one
+      record this is, up to constants, the NLL of a Student-t with 2 degrees of freedom: a
+      feature that wanders far (one noisy metric, one metric that moved since training) adds
+      only logarithmically, so it cannot drown what many features say together.
     """
 
     def __init__(self, vae: VAE, *, n_features: int, model_version: str) -> None:
@@ -31,8 +39,9 @@ class VAEScorer:
         kl = VAE.kl(mu, logvar)
         z2 = 0.5 * (x - x_hat) ** 2 * torch.exp(-self.vae.out_log_variance())
         per_feature = z2.reshape(len(X), -1, self.n_features).sum(dim=1)
+        score = torch.log1p(per_feature).sum(dim=1) if self.vae.score_kind == "robust" else nll.sum(dim=1)
         return ScoreResult(
-            score=nll.sum(dim=1).double().numpy(),
+            score=score.double().numpy(),
             kl=kl.double().numpy(),
             contributions=per_feature.double().numpy(),
             latent_mu=mu.double().numpy(),

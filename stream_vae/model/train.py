@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream_vae.calibrate import Calibrator
+from stream_vae.calibrate import Calibrator, ScoreSmoother
 from stream_vae.exceptions import ConfigError
 from stream_vae.model.scorer import VAEScorer
 from stream_vae.model.vae import VAE
@@ -43,11 +43,20 @@ class TrainedModel:
 
 
 def _windows_per_entity(X: FloatArray, entities: Sequence[str] | None, window: int) -> FloatArray:
-    if entities is None or window == 1:
-        return make_windows(X, window)
+    return _windows_and_keys(X, entities, window)[0]
+
+
+def _windows_and_keys(X: FloatArray, entities: Sequence[str] | None, window: int) -> tuple[FloatArray, list[str]]:
+    """Windows that never cross entities (grouped by entity, in order of first appearance), with their keys."""
+    if entities is None:
+        return make_windows(X, window), [""] * len(X)
     ent = np.asarray(entities)
-    parts = [make_windows(X[ent == e], window) for e in dict.fromkeys(entities)]
-    return np.concatenate(parts, axis=0)
+    order = list(dict.fromkeys(entities))
+    if window == 1 or len(order) == 1:  # arrival order kept: the validation tail is the most recent rows
+        return make_windows(X, window), [str(e) for e in entities]
+    parts = [make_windows(X[ent == e], window) for e in order]
+    keys = [str(e) for e in order for _ in range(int(np.count_nonzero(ent == e)))]
+    return np.concatenate(parts, axis=0), keys
 
 
 def train_model(
@@ -80,13 +89,14 @@ def train_model(
         raise ConfigError("training data contains NaN or infinite values; clean or impute them first")
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)
-    scaler = Scaler().fit(X)
-    W = _windows_per_entity(scaler.transform(X), entities, topology.window).astype(np.float32)
+    scaler = Scaler(center_windows=spec.center_windows).fit(X)
+    W64, keys = _windows_and_keys(scaler.transform(X), entities, topology.window)
+    W = W64.astype(np.float32)
     # Hold out the most recent rows for early stopping and calibration: later data is what the
     # model will meet next, so it gives the more honest threshold.
     n_val = max(20, int(len(W) * spec.validation_fraction))
     train_w, val_w = W[:-n_val], W[-n_val:]
-    vae = VAE(W.shape[1], hidden=spec.hidden, latent_dim=spec.latent_dim)
+    vae = VAE(W.shape[1], hidden=spec.hidden, latent_dim=spec.latent_dim, score=spec.score)
     opt = torch.optim.Adam(vae.parameters(), lr=spec.learning_rate)
     xt, xv = torch.from_numpy(train_w), torch.from_numpy(val_w)
     best, best_state, bad = float("inf"), copy.deepcopy(vae.state_dict()), 0
@@ -128,14 +138,17 @@ def train_model(
     vae.eval()
     scorer = VAEScorer(vae, n_features=len(topology.features), model_version="unregistered")
     val_res = scorer.score_many(val_w.astype(np.float64))
-    cal = Calibrator(method=topology.calibration.method, fpr=topology.calibration.fpr)
-    cal.infer_threshold(val_res.score)
+    cs = topology.calibration
+    cal = Calibrator.from_spec(cs)
+    # The pipeline smooths each entity's scores in arrival order; calibrate on scores smoothed the same way.
+    val_scores = ScoreSmoother(cs.smoothing).transform(val_res.score, keys[-n_val:])
+    cal.infer_threshold(val_scores)
     reference = {
         # The latent and score distribution of held-out normal data: the drift monitor's reference.
         "latent_mu_mean": val_res.latent_mu.mean(0).tolist(),
         "latent_mu_std": val_res.latent_mu.std(0).tolist(),
-        "score_mean": float(val_res.score.mean()),
-        "score_std": float(val_res.score.std()),
+        "score_mean": float(val_scores.mean()),
+        "score_std": float(val_scores.std()),
         "n": len(val_w),
     }
     return TrainedModel(topology, vae, scaler, cal, reference, history, n_train=len(X))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 _LOG2PI = math.log(2 * math.pi)
+
+ScoreKind = Literal["gaussian", "robust"]
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -24,9 +27,16 @@ class VAE(nn.Module):
 
     ``out_logvar`` is one learned log-variance per input feature: noisy features weigh less in the
     score than quiet ones, which plain MSE cannot express.
+
+    ``score`` says how a scorer turns the reconstruction into one anomaly score (see
+    :class:`~stream_vae.model.scorer.VAEScorer`). It is kept as a buffer, so it travels with the
+    weights and a loaded model scores the way it was calibrated; weights saved without it load as
+    ``"gaussian"``.
     """
 
-    def __init__(self, n_in: int, *, hidden: Sequence[int] = (64, 32), latent_dim: int = 4) -> None:
+    def __init__(
+        self, n_in: int, *, hidden: Sequence[int] = (64, 32), latent_dim: int = 4, score: ScoreKind = "gaussian"
+    ) -> None:
         super().__init__()
         self.n_in = n_in
         self.hidden = tuple(hidden)
@@ -37,6 +47,16 @@ class VAE(nn.Module):
         self.decoder = _mlp([latent_dim, *reversed(hidden)])
         self.dec_mu = nn.Linear(hidden[0], n_in)
         self.out_logvar = nn.Parameter(torch.zeros(n_in))
+        self.register_buffer("robust_score", torch.tensor(1.0 if score == "robust" else 0.0))
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        return "robust" if float(self.get_buffer("robust_score")) > 0.5 else "gaussian"
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        sd = dict(state_dict)
+        sd.setdefault("robust_score", torch.tensor(0.0))  # artifacts from before the robust score
+        return super().load_state_dict(sd, strict=strict, assign=assign)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.encoder(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_vae.calibrate import Calibrator
+from stream_vae.calibrate import Calibrator, ScoreSmoother, ThresholdTracker
 from stream_vae.exceptions import NotCalibratedError
 
 
@@ -63,3 +63,127 @@ def test_round_trip_and_calibration_id() -> None:
     np.testing.assert_allclose(cal.p_value(x), again.p_value(x))
     assert cal.calibration_id("v1") == again.calibration_id("v1")
     assert cal.calibration_id("v1").startswith("v1/pot-0.001-")
+
+
+def test_calibrator_round_trip_keeps_online_settings_and_reads_old_manifests() -> None:
+    """smoothing/adapt/half_life survive to_dict/from_dict; a manifest without them means the old behaviour."""
+    ref = np.random.default_rng(4).normal(size=1000)
+    cal = Calibrator(fpr=0.01, smoothing=3, adapt="track", half_life=500).infer_threshold(ref)
+    again = Calibrator.from_dict(cal.to_dict())
+    assert (again.smoothing, again.adapt, again.half_life) == (3, "track", 500)
+    old = {k: v for k, v in cal.to_dict().items() if k not in ("smoothing", "adapt", "half_life")}
+    legacy = Calibrator.from_dict(old)
+    assert (legacy.smoothing, legacy.adapt) == (1, "off")
+
+
+# --- ScoreSmoother ------------------------------------------------------------------------------
+
+
+def _moving_average(x: np.ndarray, n: int) -> np.ndarray:
+    return np.array([x[max(0, i - n + 1) : i + 1].mean() for i in range(len(x))])
+
+
+def test_smoother_is_a_per_entity_moving_average_across_batches() -> None:
+    """Batched, interleaved smoothing equals the offline moving average of each entity's scores."""
+    rng = np.random.default_rng(5)
+    s = rng.exponential(size=300)
+    keys = [rng.choice(["a", "b", "c"]) for _ in range(300)]
+    sm = ScoreSmoother(4)
+    out = np.concatenate([sm.transform(s[i : i + 37], keys[i : i + 37]) for i in range(0, 300, 37)])
+    for k in "abc":
+        m = np.array(keys) == k
+        np.testing.assert_allclose(out[m], _moving_average(s[m], 4))
+
+
+def test_smoother_of_one_is_identity_and_state_is_bounded_and_restorable() -> None:
+    """n=1 returns the scores unchanged; the state is bounded in entities and resumes from a snapshot."""
+    x = np.arange(5.0)
+    assert ScoreSmoother(1).transform(x, ["a"] * 5) is x
+    sm = ScoreSmoother(3, max_entities=2)
+    for k in "abc":
+        sm.transform(np.ones(2), [k, k])
+    assert list(sm.snapshot()["buffers"]) == ["b", "c"]
+    s1 = ScoreSmoother(3)
+    s1.transform(np.array([1.0, 2.0, 3.0]), ["k"] * 3)
+    s2 = ScoreSmoother(3)
+    s2.restore(s1.snapshot())
+    np.testing.assert_allclose(s1.transform(np.array([9.0]), ["k"]), s2.transform(np.array([9.0]), ["k"]))
+
+
+# --- ThresholdTracker -----------------------------------------------------------------------------
+
+
+def _stream(tracker: ThresholdTracker, scores: np.ndarray, key: str = "e", batch: int = 500) -> np.ndarray:
+    flags = np.zeros(len(scores), dtype=bool)
+    for i in range(0, len(scores), batch):
+        s = scores[i : i + batch]
+        keys = [key] * len(s)
+        flags[i : i + batch] = s > tracker.thresholds(keys)
+        tracker.update(s, keys)
+    return flags
+
+
+def test_tracker_off_is_the_calibrated_threshold() -> None:
+    """With adapt='off' thresholds and p-values are the calibrator's, whatever the stream does."""
+    ref = np.random.default_rng(6).gamma(2.0, size=5000)
+    cal = Calibrator(fpr=0.01, adapt="off").infer_threshold(ref)
+    tr = ThresholdTracker(cal)
+    tr.update(np.full(5000, 100.0), ["a"] * 5000)
+    assert not tr.adaptive
+    assert np.all(tr.thresholds(["a", "b"]) == cal.threshold)
+    np.testing.assert_allclose(tr.p_values(np.array([3.0, 9.0]), ["a", "a"]), cal.p_value(np.array([3.0, 9.0])))
+
+
+@pytest.mark.parametrize("fpr", [0.01, 0.002])
+def test_tracked_threshold_keeps_the_budget_on_a_long_stationary_stream(fpr: float) -> None:
+    """On 400k fresh records from the reference distribution the tracked FPR is within ±25 % of the budget."""
+    rng = np.random.default_rng(7)
+    cal = Calibrator(fpr=fpr, adapt="track", half_life=2000).infer_threshold(rng.gamma(2.0, size=50_000))
+    flags = _stream(ThresholdTracker(cal), rng.gamma(2.0, size=400_000), batch=1000)
+    assert abs(flags.mean() - fpr) / fpr < 0.25
+
+
+def test_tracked_threshold_follows_a_shift_of_normal_behaviour() -> None:
+    """An entity whose normal scores move up and spread out is soon flagged at about the budget again."""
+    rng = np.random.default_rng(8)
+    cal = Calibrator(fpr=0.01, adapt="track", half_life=1000).infer_threshold(rng.normal(size=20_000))
+    tr = ThresholdTracker(cal)
+    shifted = 4.0 + 1.5 * rng.normal(size=30_000)
+    fixed = (shifted > cal.threshold).mean()
+    flags = _stream(tr, shifted)
+    assert fixed > 0.5  # the training threshold would flag most of the new normal
+    assert flags[-10_000:].mean() < 0.02
+    assert tr.thresholds(["other"])[0] == pytest.approx(cal.threshold)  # other entities are unaffected
+
+
+def test_tracked_threshold_is_not_pulled_up_by_a_short_burst() -> None:
+    """A burst of anomalies under ~5 % of the forgetting window stays flagged and barely moves the threshold."""
+    rng = np.random.default_rng(9)
+    cal = Calibrator(fpr=0.005, adapt="track", half_life=2000).infer_threshold(rng.normal(size=20_000))
+    tr = ThresholdTracker(cal)
+    _stream(tr, rng.normal(size=5000))
+    before = tr.thresholds(["e"])[0]
+    burst = _stream(tr, 6.0 + rng.normal(size=100), batch=20)
+    assert burst.mean() > 0.9
+    assert tr.thresholds(["e"])[0] - before < 0.5
+    # a burst as long as a tenth of the window lifts the threshold, but the spread bound keeps it
+    # below the burst's level, so the burst stays flagged
+    longer = _stream(tr, 6.0 + rng.normal(size=300), batch=50)
+    assert longer.mean() > 0.8 and tr.thresholds(["e"])[0] < 6.0
+
+
+def test_tracker_p_values_follow_the_entity_and_state_round_trips() -> None:
+    """p-values are judged against the entity's current distribution; snapshot/restore resumes exactly."""
+    rng = np.random.default_rng(10)
+    cal = Calibrator(fpr=0.01, adapt="track", half_life=500).infer_threshold(rng.normal(size=10_000))
+    tr = ThresholdTracker(cal)
+    _stream(tr, 5.0 + rng.normal(size=5000))
+    p_shifted, p_fresh = tr.p_values(np.array([5.0, 5.0]), ["e", "new"])
+    assert p_shifted > 0.1 and p_fresh < 1e-3
+    again = ThresholdTracker(cal)
+    again.restore(tr.snapshot())
+    np.testing.assert_allclose(again.thresholds(["e", "new"]), tr.thresholds(["e", "new"]))
+    small = ThresholdTracker(cal, max_entities=2)
+    for k in "xyz":
+        small.update(np.zeros(3), [k] * 3)
+    assert list(small.snapshot()["hist"]) == ["y", "z"]

@@ -82,3 +82,44 @@ def test_windowed_model_trains_and_scores() -> None:
     res = m.scorer().score_many(m.scaler.transform(make_windows(raw, 4)))
     assert res.contributions.shape == (len(raw), 8)
     assert np.all(np.isfinite(res.score))
+
+
+def test_robust_score_is_sum_of_log1p_contributions_and_survives_the_artifact() -> None:
+    """The robust score is sum(log1p(contributions)); the score kind travels with the weights."""
+    from stream_vae.testing import loaded
+
+    topo = synth_topology(epochs=2, model={"latent_dim": 3, "hidden": [16, 8], "epochs": 2, "score": "robust"})
+    m = quick_model(topo, steps=300)
+    assert m.vae.score_kind == "robust"
+    X = m.scaler.transform(generate(n_steps=20, t0=300, seed=3).X)
+    res = m.scorer().score_many(X)
+    np.testing.assert_allclose(res.score, np.log1p(res.contributions).sum(1), rtol=1e-6)
+    lm = loaded(m)
+    assert lm.scorer.vae.score_kind == "robust"
+    np.testing.assert_allclose(lm.scorer.score_many(X).score, res.score, rtol=1e-6)
+
+
+def test_gaussian_score_is_the_nll_and_old_weights_load_as_gaussian() -> None:
+    """score='gaussian' keeps the summed NLL; weights saved without the score flag load as gaussian."""
+    vae = VAE(4, hidden=(8,), latent_dim=2, score="gaussian")
+    x = torch.randn(5, 4)
+    res = VAEScorer(vae, n_features=4, model_version="x").score_many(x.double().numpy())
+    with torch.inference_mode():
+        mu, _ = vae.encode(x)
+        nll = vae.nll_per_feature(x, vae.decode(mu)).sum(1).double().numpy()
+    np.testing.assert_allclose(res.score, nll, rtol=1e-5)
+    robust = VAE(4, hidden=(8,), latent_dim=2, score="robust")
+    old = {k: v for k, v in robust.state_dict().items() if k != "robust_score"}
+    fresh = VAE(4, hidden=(8,), latent_dim=2, score="robust")
+    fresh.load_state_dict(old)
+    assert fresh.score_kind == "gaussian"
+
+
+def test_smoothed_calibration_matches_smoothed_scores() -> None:
+    """With smoothing n the calibrator learns n and is calibrated on smoothed held-out scores."""
+    topo = synth_topology(epochs=2, calibration={"fpr": 0.01, "smoothing": 5})
+    m = quick_model(topo, steps=400)
+    assert m.calibrator.smoothing == 5
+    raw = quick_model(synth_topology(epochs=2, calibration={"fpr": 0.01}), steps=400).calibrator
+    # smoothing narrows the reference distribution, so its upper quantile comes down
+    assert m.calibrator.threshold < raw.threshold

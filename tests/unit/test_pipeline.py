@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from stream_vae.model.train import train_model
 from stream_vae.pipeline import Pipeline
+from stream_vae.preprocess import make_windows
+from stream_vae.records import RawRecord
 from stream_vae.synth import generate
 from stream_vae.testing import loaded, quick_model, raw_records, synth_topology
+from stream_vae.topology import Topology, parse_topology
 
 
 def test_batch_outcome_accounts_for_every_record() -> None:
@@ -58,3 +63,78 @@ def test_all_invalid_batch() -> None:
     p = Pipeline(topo, loaded(quick_model(topo, steps=300)))
     out = p.process_batch(raw_records([b"x", b"y"]))
     assert out.result is None and len(out.rejections) == 2 and not out.alerts
+
+
+def _iid_stream(n: int, seed: int) -> np.ndarray:
+    """Stationary correlated Gaussian metrics: 2 latent factors behind 4 features, plus noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    mix = np.array([[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0]])
+    return z @ mix + 0.3 * rng.normal(size=(n, 4)) + np.array([10.0, 0.0, 5.0, 1.0])
+
+
+def _iid_topology(**calibration: object) -> Topology:
+    return parse_topology({
+        "name": "iid", "input_topic": "in", "key_field": "entity",
+        "features": [{"name": f"f{i}"} for i in range(4)], "window": 2,
+        "model": {"epochs": 3, "kl_warmup_epochs": 1, "hidden": [16, 8], "latent_dim": 2},
+        "calibration": {"fpr": 0.02, **calibration},
+    })
+
+
+def _rows(X: np.ndarray, keys: list[str]) -> list[RawRecord]:
+    rows = [{"entity": k, **{f"f{j}": float(v) for j, v in enumerate(row)}} for row, k in zip(X, keys, strict=True)]
+    return raw_records(rows)
+
+
+@pytest.mark.parametrize("adapt", ["track", "off"])
+def test_observed_fpr_on_a_long_stationary_stream_is_within_a_quarter_of_the_budget(adapt: str) -> None:
+    """60k stationary records through process_batch are flagged at the configured budget ±25 %."""
+    topo = _iid_topology(adapt=adapt)
+    p = Pipeline(topo, loaded(train_model(_iid_stream(40_000, 1), topo)))
+    X = _iid_stream(60_000, 2)
+    keys = ["a", "b", "c"] * 20_000
+    recs = _rows(X, keys)
+    flagged = np.concatenate([p.process_batch(recs[i : i + 2000]).is_anomaly for i in range(0, len(recs), 2000)])
+    assert abs(flagged.mean() - 0.02) / 0.02 < 0.25
+
+
+def test_smoothing_averages_each_entity_and_alerts_carry_their_entity_threshold() -> None:
+    """With smoothing n the scores are per-entity moving averages; each alert names its entity's threshold."""
+    topo = _iid_topology(smoothing=3, half_life=50)
+    model = train_model(_iid_stream(3000, 3), topo)
+    p = Pipeline(topo, loaded(model))
+    X = _iid_stream(400, 4)
+    X[390:, 0] += 30.0  # a burst on entity b's last rows (odd indices)
+    keys = ["a", "b"] * 200
+    out = p.process_batch(_rows(X, keys))
+    assert out.result is not None
+    raw = model.scorer().score_many(model.scaler.transform(make_windows(X[1::2], 2))).score
+    expected_b = np.array([raw[max(0, i - 2) : i + 1].mean() for i in range(len(raw))])
+    np.testing.assert_allclose(out.result.score[1::2], expected_b, rtol=1e-5)
+    b_alerts = [a for a in out.alerts if a.key == "b"]
+    assert b_alerts and all(a.score > a.threshold for a in out.alerts)
+    assert [a.offset for a in out.alerts] == sorted(a.offset for a in out.alerts)
+    # the tracker now differs per entity after a batch; the next batch's alerts use their entity's value
+    thr = p.tracker.thresholds(["a", "b"])
+    out2 = p.process_batch(_rows(X[-20:], keys[-20:]))
+    for a in out2.alerts:
+        assert a.threshold == pytest.approx(thr[0] if a.key == "a" else thr[1])
+
+
+def test_swap_restarts_online_state_and_snapshot_restores_it() -> None:
+    """A swapped-in model starts from its calibrated threshold; snapshot/restore resumes the online state."""
+    topo = _iid_topology(half_life=100)
+    m = loaded(train_model(_iid_stream(3000, 5), topo), "v1")
+    p = Pipeline(topo, m)
+    shifted = _iid_stream(3000, 6) * 3.0
+    for i in range(0, 3000, 500):
+        p.process_batch(_rows(shifted[i : i + 500], ["a"] * 500))
+    moved = p.tracker.thresholds(["a"])[0]
+    assert moved > m.calibrator.threshold
+    state = p.snapshot()
+    p2 = Pipeline(topo, m)
+    p2.restore(state)
+    assert p2.tracker.thresholds(["a"])[0] == pytest.approx(moved)
+    p.swap(loaded(train_model(_iid_stream(3000, 5), topo), "v2"))
+    assert p.tracker.thresholds(["a"])[0] == pytest.approx(p.model.calibrator.threshold)

@@ -65,3 +65,18 @@ def test_windower_is_bounded() -> None:
     for k in "abcd":
         w.transform(np.zeros((1, 1)), [k])
     assert list(w.snapshot()["buffers"]) == ["b", "c", "d"]
+
+
+def test_centered_windows_remove_the_level_and_round_trip() -> None:
+    """center_windows subtracts each feature's window mean; the flag travels in the manifest dict."""
+    X = np.column_stack([np.arange(10.0), 5 + np.arange(10.0)])
+    s = Scaler(center_windows=True).fit(X)
+    W = s.transform(make_windows(X, 4))
+    per = W.reshape(len(W), 4, 2)
+    np.testing.assert_allclose(per.mean(axis=1), 0.0, atol=1e-12)
+    shifted = s.transform(make_windows(X + 100.0, 4))
+    np.testing.assert_allclose(shifted[4:], W[4:], atol=1e-9)  # a constant level shift is invisible
+    s2 = Scaler.from_dict(s.to_dict())
+    assert s2.center_windows
+    np.testing.assert_allclose(s2.transform(make_windows(X, 4)), W)
+    assert not Scaler.from_dict({"mean": [0.0], "std": [1.0]}).center_windows

@@ -1,0 +1,268 @@
+"""``stream-vae eval {smd,asd,nab}``: the detector on benchmark data, next to baselines, in one command.
+
+Register with ``app.add_typer(eval_app, name="eval")``. Progress goes to stderr, a summary table
+to stdout; with ``--json`` the last stdout line is one JSON object (see
+:mod:`stream_vae.evaluation.runner` for what is measured and how). Errors are one line on stderr
+(``error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import typer
+
+from stream_vae.evaluation.runner import METRIC_KEYS, NAB_PROFILE_KEYS, EvalSettings
+from stream_vae.exceptions import ConfigError, StreamVAEError
+
+eval_app = typer.Typer(
+    help="Benchmark detection quality on SMD, ASD or NAB through the workers' own pipeline, next to baselines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SMD_DEFAULTS = EvalSettings()
+"""SMD and ASD: windows of 5 records, robust score, fpr 0.005, tracked threshold (half-life 2000)."""
+NAB_DEFAULTS = EvalSettings(window=64, center_windows=True, smoothing=10)
+"""NAB: univariate, non-stationary series: long windows, centred (shape, not level), smoothed scores."""
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", help="dataset folder with the layout of shared/data/<dataset>", show_default=False)
+]
+EntityOpt = Annotated[
+    list[str] | None, typer.Option("--entity", "-e", help="entity (NAB: file or category) to run; repeatable")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object as the last stdout line")]
+PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="write PNG figures into this folder")]
+WindowOpt = Annotated[int | None, typer.Option("--window", min=1, max=256, help="records per model input")]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="training epochs (early stopping may stop)")]
+RowsOpt = Annotated[int | None, typer.Option("--max-train-rows", min=100, help="train on the most recent N rows")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="torch threads")]
+BaselinesOpt = Annotated[
+    str | None, typer.Option("--baselines", help="comma-separated: hst,pca,iforest,random ('' for none)")
+]
+FprOpt = Annotated[float | None, typer.Option("--fpr", min=1e-6, max=0.5, help="false-positive budget per record")]
+SmoothOpt = Annotated[int | None, typer.Option("--smoothing", min=1, help="score smoothing (records)")]
+HalfLifeOpt = Annotated[int | None, typer.Option("--half-life", min=10, help="threshold tracker half-life (records)")]
+AdaptOpt = Annotated[str | None, typer.Option("--adapt", help="online threshold adaptation: track | off")]
+ScoreOpt = Annotated[str | None, typer.Option("--score", help="robust | gaussian")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the model and the baselines")]
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def friendly(fn: F) -> F:
+    """Expected errors (missing data, bad options) become one line on stderr and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (StreamVAEError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _settings(
+    base: EvalSettings, *, window: int | None, epochs: int | None, max_train_rows: int | None, threads: int,
+    baselines: str | None, fpr: float | None, smoothing: int | None, half_life: int | None, adapt: str | None,
+    score: str | None, seed: int,
+) -> EvalSettings:
+    from stream_vae.evaluation.baselines import BASELINES
+
+    changes: dict[str, Any] = {"threads": threads, "seed": seed}
+    for key, value in (("window", window), ("epochs", epochs), ("max_train_rows", max_train_rows), ("fpr", fpr),
+                       ("smoothing", smoothing), ("half_life", half_life)):
+        if value is not None:
+            changes[key] = value
+    if adapt is not None:
+        if adapt not in ("track", "off"):
+            raise ConfigError(f"--adapt must be 'track' or 'off', got {adapt!r}")
+        changes["adapt"] = adapt
+    if score is not None:
+        if score not in ("robust", "gaussian"):
+            raise ConfigError(f"--score must be 'robust' or 'gaussian', got {score!r}")
+        changes["score"] = score
+    if baselines is not None:
+        names = tuple(b.strip() for b in baselines.split(",") if b.strip())
+        unknown = sorted(set(names) - set(BASELINES))
+        if unknown:
+            raise ConfigError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+        changes["baselines"] = names
+    return replace(base, **changes)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _table_smd(doc: dict[str, Any]) -> str:
+    cols = ("f1_best", "f1_pa_best", "auc_pr", "f1_online", "f1_pa_online", "hitrate_150")
+    rows: list[tuple[str, ...]] = [("detector", *cols)]
+    rows.append(("stream-vae", *(_fmt(doc["mean"][c]) for c in cols)))
+    for b, m in doc["mean"]["baselines"].items():
+        rows.append((b, *(_fmt(m[c]) for c in cols)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"{doc['dataset']}: mean over {len(doc['entities'])} entities ({doc['seconds']}s)"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def _run_smd_like(
+    dataset: str, data_dir: Path, *, entity: list[str] | None, as_json: bool, plots: Path | None,
+    settings: EvalSettings,
+) -> None:
+    from stream_vae.evaluation.runner import evaluate_smd_like
+
+    doc, reports, entities = evaluate_smd_like(
+        data_dir, dataset=dataset, entities=entity or None, settings=settings, progress=_progress
+    )
+    if plots is not None:
+        from stream_vae.evaluation.plots import plot_contributions, plot_score, safe_name
+
+        for rep, ent in zip(reports, entities, strict=True):
+            best = max(rep.baseline_traces, key=lambda b: rep.metrics["baselines"][b]["f1_best"] or 0.0,
+                       default=None)
+            plot_score(plots / f"{dataset}_{safe_name(rep.name)}_score.png", rep.trace, ent.label, title=rep.name,
+                       baseline=(best, rep.baseline_traces[best]) if best else None)
+            plot_contributions(plots / f"{dataset}_{safe_name(rep.name)}_contributions.png", rep.trace, ent.label,
+                               title=rep.name, interpretation=ent.interpretation)
+        _progress(f"figures written to {plots}")
+    typer.echo(_table_smd(doc))
+    if as_json:
+        typer.echo(json.dumps(doc, separators=(",", ":")))
+
+
+@eval_app.command("smd")
+@friendly
+def smd(
+    data_dir: DataDir,
+    *,
+    entity: EntityOpt = None,
+    as_json: JsonOpt = False,
+    plots: PlotsOpt = None,
+    window: WindowOpt = None,
+    epochs: EpochsOpt = None,
+    max_train_rows: RowsOpt = None,
+    threads: ThreadsOpt = 1,
+    baselines: BaselinesOpt = None,
+    fpr: FprOpt = None,
+    smoothing: SmoothOpt = None,
+    half_life: HalfLifeOpt = None,
+    adapt: AdaptOpt = None,
+    score: ScoreOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Server Machine Dataset: train per machine on its train split, stream its test split."""
+    s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
+                  baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
+                  seed=seed)
+    _run_smd_like("smd", data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
+
+
+@eval_app.command("asd")
+@friendly
+def asd(
+    data_dir: DataDir,
+    *,
+    entity: EntityOpt = None,
+    as_json: JsonOpt = False,
+    plots: PlotsOpt = None,
+    window: WindowOpt = None,
+    epochs: EpochsOpt = None,
+    max_train_rows: RowsOpt = None,
+    threads: ThreadsOpt = 1,
+    baselines: BaselinesOpt = None,
+    fpr: FprOpt = None,
+    smoothing: SmoothOpt = None,
+    half_life: HalfLifeOpt = None,
+    adapt: AdaptOpt = None,
+    score: ScoreOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Application Server Dataset: same protocol as smd; slices per anomaly type."""
+    s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
+                  baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
+                  seed=seed)
+    _run_smd_like("asd", data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
+
+
+def _table_nab(doc: dict[str, Any]) -> str:
+    cols = tuple(NAB_PROFILE_KEYS.values())
+    rows: list[tuple[str, ...]] = [("detector", *cols, "label_free_standard")]
+    rows.append(("stream-vae", *(_fmt(doc[c]) for c in cols), _fmt(doc["label_free"]["score_standard"])))
+    for b, m in doc["baselines"].items():
+        rows.append((b, *(_fmt(m[c]) for c in cols), _fmt(m["label_free"]["score_standard"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"nab: {doc['files']} files ({doc['seconds']}s); NAB protocol (one corpus threshold per profile)"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+@eval_app.command("nab")
+@friendly
+def nab(
+    data_dir: DataDir,
+    *,
+    entity: EntityOpt = None,
+    as_json: JsonOpt = False,
+    plots: PlotsOpt = None,
+    window: WindowOpt = None,
+    epochs: EpochsOpt = None,
+    threads: ThreadsOpt = 1,
+    baselines: BaselinesOpt = None,
+    fpr: FprOpt = None,
+    smoothing: SmoothOpt = None,
+    half_life: HalfLifeOpt = None,
+    adapt: AdaptOpt = None,
+    score: ScoreOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
+    from stream_vae.evaluation.runner import evaluate_nab
+
+    s = _settings(NAB_DEFAULTS, window=window, epochs=epochs, max_train_rows=None, threads=threads,
+                  baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
+                  seed=seed)
+    doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
+    if not series:
+        raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")
+    if plots is not None:
+        from stream_vae.evaluation.plots import plot_score, safe_name
+
+        for ser, tr in zip(series, traces, strict=True):
+            label = np.zeros(len(ser.values), dtype=bool)
+            for a, b in ser.window_indices:
+                label[a : b + 1] = True
+            plot_score(plots / f"nab_{safe_name(ser.name)}_score.png", tr, label, title=ser.name)
+        _progress(f"figures written to {plots}")
+    typer.echo(_table_nab(doc))
+    if as_json:
+        typer.echo(json.dumps(doc, separators=(",", ":")))
+
+
+__all__ = ["METRIC_KEYS", "eval_app"]
+
+
+if __name__ == "__main__":  # python -m stream_vae.evaluation.cli smd --data-dir ...
+    eval_app()

@@ -1,0 +1,73 @@
+"""``stream-vae eval``: the typer app the main CLI registers as ``eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from stream_vae.evaluation.cli import eval_app
+from stream_vae.evaluation.toy import write_toy_nab, write_toy_smd
+
+FAST = ["--epochs", "3", "--window", "2", "--half-life", "200"]
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    root = typer.Typer()
+    root.add_typer(eval_app, name="eval")
+    return root
+
+
+def _last_json(output: str) -> dict[str, object]:
+    doc = json.loads(output.strip().splitlines()[-1])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_smd_json_is_the_last_stdout_line_and_plots_are_small_pngs(app: typer.Typer, tmp_path: Path) -> None:
+    """eval smd --json ends stdout with the contract object; --plots writes per-entity PNGs under 300 kB."""
+    data = write_toy_smd(tmp_path / "smd")
+    res = CliRunner().invoke(app, ["eval", "smd", "--data-dir", str(data), "--entity", "toy-2", "--json",
+                                   "--plots", str(tmp_path / "figs"), "--baselines", "pca,random", *FAST])
+    assert res.exit_code == 0, res.output
+    doc = _last_json(res.stdout)
+    assert doc["dataset"] == "smd" and list(doc["entities"]) == ["toy-2"]  # type: ignore[call-overload]
+    assert set(doc["mean"]["baselines"]) == {"pca", "random"}  # type: ignore[index]
+    pngs = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
+    assert pngs == ["smd_toy-2_contributions.png", "smd_toy-2_score.png"]
+    assert all(p.stat().st_size < 300_000 for p in (tmp_path / "figs").glob("*.png"))
+
+
+def test_asd_and_nab_commands_print_their_objects(app: typer.Typer, tmp_path: Path) -> None:
+    """eval asd and eval nab follow the same contract (NAB: scores per profile, per file, baselines)."""
+    smd = write_toy_smd(tmp_path / "asd", entities=("omi-x",))
+    res = CliRunner().invoke(app, ["eval", "asd", "--data-dir", str(smd), "--json", "--baselines", "", *FAST])
+    assert res.exit_code == 0, res.output
+    assert _last_json(res.stdout)["dataset"] == "asd"
+    nab = write_toy_nab(tmp_path / "nab")
+    res = CliRunner().invoke(app, ["eval", "nab", "--data-dir", str(nab), "--json", "--baselines", "random",
+                                   "--epochs", "3", "--window", "8", "--smoothing", "3"])
+    assert res.exit_code == 0, res.output
+    doc = _last_json(res.stdout)
+    assert {"score_standard", "score_low_fp", "score_low_fn", "per_file", "baselines"} <= set(doc)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "smd", "--data-dir", "/nonexistent/smd"], "not found"),
+        (["eval", "smd", "--data-dir", "{smd}", "--baselines", "pca,nope"], "unknown baseline"),
+        (["eval", "smd", "--data-dir", "{smd}", "--entity", "missing-entity"], "missing-entity"),
+        (["eval", "nab", "--data-dir", "{smd}"], "expected layout"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(app: typer.Typer, tmp_path: Path, args: list[str], message: str) -> None:
+    """Missing data, unknown entities and bad options fail with 'error: ...' and exit code 2."""
+    smd = write_toy_smd(tmp_path / "smd", entities=("toy-1",), n_train=200, n_test=150)
+    res = CliRunner().invoke(app, [a.replace("{smd}", str(smd)) for a in args])
+    assert res.exit_code == 2
+    assert "error:" in res.stderr and message in res.stderr

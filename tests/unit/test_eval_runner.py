@@ -1,0 +1,125 @@
+"""The eval runner: the workers' pipeline on tiny generated benchmark folders, next to baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_vae.evaluation.runner import (
+    METRIC_KEYS,
+    NAB_PROFILE_KEYS,
+    EvalSettings,
+    StreamTrace,
+    detection_metrics,
+    evaluate_nab,
+    evaluate_smd_like,
+)
+from stream_vae.evaluation.toy import write_toy_nab, write_toy_smd
+from stream_vae.pipeline import Pipeline
+
+TINY = EvalSettings(window=2, epochs=4, hidden=(16, 8), latent_dim=2, batch_size=128, half_life=200)
+
+
+@pytest.fixture(scope="module")
+def smd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_smd(tmp_path_factory.mktemp("smd"))
+
+
+@pytest.fixture(scope="module")
+def smd_doc(smd_dir: Path) -> dict[str, object]:
+    doc, _, _ = evaluate_smd_like(smd_dir, dataset="smd", settings=TINY)
+    return doc
+
+
+def _in_unit(v: object) -> bool:
+    return v is None or (isinstance(v, float | int) and 0.0 <= float(v) <= 1.0)
+
+
+def test_report_has_every_contract_metric_for_the_vae_and_each_baseline(smd_doc: dict[str, object]) -> None:
+    """entities/mean carry every METRICS key, baselines include hst/pca/iforest/random, all JSON-serialisable."""
+    doc = json.loads(json.dumps(smd_doc))
+    assert doc["dataset"] == "smd" and set(doc["entities"]) == {"toy-1", "toy-2"}
+    for metrics in [*doc["entities"].values(), doc["mean"]]:
+        assert set(METRIC_KEYS) <= set(metrics)
+        assert all(_in_unit(metrics[k]) for k in METRIC_KEYS)
+        assert set(metrics["baselines"]) == {"hst", "pca", "iforest", "random"}
+        for b in metrics["baselines"].values():
+            assert set(METRIC_KEYS) <= set(b)
+    assert doc["mean"]["baselines"]["iforest"]["hitrate_150"] is None  # no per-feature evidence
+    assert doc["mean"]["baselines"]["pca"]["hitrate_150"] is not None
+    assert doc["baselines"] == doc["mean"]["baselines"]
+
+
+def test_injected_anomalies_are_found_and_explained(smd_doc: dict[str, object]) -> None:
+    """The toy anomalies are caught online and attributed to the right dimension, well above random."""
+    mean = smd_doc["mean"]
+    assert isinstance(mean, dict)
+    assert mean["f1_pa_online"] > 0.6 and mean["f1_best"] > 0.6
+    assert mean["hitrate_100"] > 0.7
+    assert mean["f1_best"] > mean["baselines"]["random"]["f1_best"] + 0.3
+
+
+def test_slices_cover_entities_lengths_and_anomaly_types(smd_doc: dict[str, object]) -> None:
+    """slices: per entity, per segment length and per anomaly type (from anomaly_type.csv)."""
+    slices = smd_doc["slices"]
+    assert isinstance(slices, dict)
+    assert set(slices["entity"]) == {"toy-1", "toy-2"}
+    assert set(slices["anomaly_type"]) == {"metric", "metric-temporal"}
+    assert slices["anomaly_type"]["metric"]["segments"] == 2
+    assert sum(s["segments"] for s in slices["segment_length"].values()) == 4
+
+
+def test_test_rows_go_through_process_batch_in_arrival_order(smd_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test row is one JSON record through Pipeline.process_batch, offsets in order, in batches."""
+    seen: list[tuple[int, int]] = []
+    real = Pipeline.process_batch
+
+    def spy(self: Pipeline, records: list, **kw: object) -> object:  # type: ignore[type-arg]
+        seen.append((records[0].offset, len(records)))
+        assert [r.offset for r in records] == list(range(records[0].offset, records[0].offset + len(records)))
+        assert json.loads(records[0].value)["entity"] == "toy-1"
+        return real(self, records, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Pipeline, "process_batch", spy)
+    doc, reports, _ = evaluate_smd_like(smd_dir, dataset="smd", entities=["toy-1"],
+                                        settings=EvalSettings(**{**TINY.__dict__, "baselines": ()}))
+    assert [o for o, _ in seen] == list(range(0, 600, 128))
+    assert sum(n for _, n in seen) == 600 == len(reports[0].trace.score)
+    assert doc["mean"]["baselines"] == {}
+
+
+def test_detection_metrics_on_a_hand_made_trace() -> None:
+    """Known answers: perfect ranking, online flags that hit one of two segments, static threshold."""
+    label = np.array([0, 1, 1, 0, 0, 1, 0, 0])
+    score = np.array([0.1, 0.9, 0.8, 0.2, 0.1, 0.7, 0.3, 0.2])
+    flags = np.array([0, 1, 0, 0, 0, 0, 0, 1], dtype=bool)
+    contrib = np.array([[0, 1], [0, 5], [0, 4], [0, 0], [0, 0], [3, 1], [0, 0], [0, 0]], dtype=float)
+    tr = StreamTrace(score, np.full(8, 0.5), flags, contrib, base_threshold=0.75, reference_median=0.1)
+    m = detection_metrics(tr, label, interpretation=[(1, 3, [1]), (5, 6, [0])])
+    assert m["f1_best"] == 1.0 and m["auc_pr"] == 1.0 and m["f1_pa_best"] == 1.0
+    assert (m["precision_online"], m["recall_online"]) == (0.5, pytest.approx(1 / 3, abs=1e-4))
+    assert m["f1_pa_online"] == pytest.approx(2 * (2 / 3) * (2 / 3) / (4 / 3), abs=1e-4)  # P=2/3, R=2/3
+    assert m["f1_online_static"] == pytest.approx(0.8)  # 0.9, 0.8 flagged: P=1, R=2/3
+    assert m["hitrate_100"] == 1.0 and m["flag_rate"] == 0.25
+
+
+def test_nab_report_scores_every_profile_for_vae_and_baselines(tmp_path: Path) -> None:
+    """NAB: normalised scores for the three profiles (NAB protocol and label-free), per file, baselines."""
+    root = write_toy_nab(tmp_path)
+    s = EvalSettings(window=8, center_windows=True, smoothing=3, epochs=4, hidden=(16, 8), latent_dim=2,
+                     baselines=("pca", "random"), half_life=200)
+    doc, series, traces = evaluate_nab(root, settings=s)
+    doc = json.loads(json.dumps(doc))
+    assert doc["dataset"] == "nab" and doc["files"] == 2 and len(traces) == len(series) == 2
+    for key in NAB_PROFILE_KEYS.values():
+        assert -1000 < doc[key] <= 100 and key in doc["label_free"]
+        assert all(key in b for b in doc["baselines"].values())
+    assert set(doc["per_file"]) == {"toyCategory/toy_0.csv", "toyCategory/toy_1.csv"}
+    assert doc["score_standard"] > 50  # one clear spike per file
+    assert doc["score_standard"] >= doc["baselines"]["random"]["score_standard"]
+    assert set(doc["slices"]["category"]) == {"toyCategory"}
+    one, _, _ = evaluate_nab(root, files=["toy_1"], settings=s)
+    assert one["files"] == 1
