@@ -14,6 +14,7 @@ import typer
 
 from stream_vae.config import Settings
 from stream_vae.evaluation.cli import eval_app
+from stream_vae.evaluation.tcpd import tcpd_app
 from stream_vae.exceptions import StreamVAEError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ bench_app = typer.Typer(help="Benchmarks (results go in BENCHMARKS.md).", no_arg
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
+eval_app.add_typer(tcpd_app)  # no name: its verbs (tcpd, changepoint-synthetic) join `stream-vae eval`
 
 F = TypeVar("F", bound=Callable[..., Any])
 
