@@ -163,7 +163,7 @@ def run_drift(*, seeds: int = 5, steps: int = 6000, quiet: bool = False) -> dict
 
     For each seed: a stream whose workload shifts at a known step and a stationary stream of the same
     length (both with injected anomalies), scored by one model, fed in batches of 1000 through one
-    ``DriftMonitor`` per partition (4 partitions, entities hashed). Both detectors run on the same data.
+    ``DriftMonitor`` per partition (4 partitions, entities hashed). Every detector runs on the same data.
     """
     import numpy as np
 
@@ -175,7 +175,7 @@ def run_drift(*, seeds: int = 5, steps: int = 6000, quiet: bool = False) -> dict
     model = quick_model(base, steps=2000)
     scorer = model.scorer()
     out: dict[str, Any] = {"seeds": seeds, "records_per_stream": steps * 6, "detectors": {}}
-    for detector in ("page_hinkley", "adwin"):
+    for detector in ("page_hinkley", "adwin", "bocpd"):
         topo = base.model_copy(update={"drift": base.drift.model_copy(update={"detector": detector})})
         delays: list[int] = []
         misses = false_alarms = stationary_records = 0

@@ -387,7 +387,7 @@ def bench_drift(
     seeds: Annotated[int, typer.Option(help="streams per detector (each: one drifting, one stationary)")] = 5,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Drift detection delay and false alarms on the synthetic stream, Page-Hinkley vs ADWIN."""
+    """Drift detection delay and false alarms on the synthetic stream: Page-Hinkley, ADWIN, BOCPD."""
     from stream_vae.bench import run_drift
 
     _torch(Settings())

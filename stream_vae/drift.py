@@ -83,7 +83,9 @@ class Watch:
     Parameters
     ----------
     detector
-        ``"page_hinkley"`` (two-sided, allowance ``min_shift / 2``, ``threshold``) or ``"adwin"`` (``delta``).
+        ``"page_hinkley"`` (river, two-sided, allowance ``min_shift / 2``, ``threshold``), ``"adwin"``
+        (river, ``delta``) or ``"bocpd"`` (``stream_vae.changepoint.BOCPD`` with AR(1) segments, so a
+        trend in a block statistic also counts as a change).
 
     Examples
     --------
@@ -99,7 +101,7 @@ class Watch:
 
     state_keys = ("history",)
 
-    def __init__(self, detector: Literal["page_hinkley", "adwin"] = "page_hinkley", *, threshold: float = 8.0,
+    def __init__(self, detector: Literal["page_hinkley", "adwin", "bocpd"] = "page_hinkley", *, threshold: float = 8.0,
                  delta: float = 0.002, min_shift: float = 0.5) -> None:
         self.detector = detector
         self.threshold = threshold
@@ -111,7 +113,11 @@ class Watch:
         from river.drift import ADWIN, PageHinkley
 
         self._river: Any
-        if self.detector == "adwin":
+        if self.detector == "bocpd":
+            from stream_vae.changepoint import BOCPD
+
+            self._river = BOCPD(model="ar1")
+        elif self.detector == "adwin":
             # check every input (river defaults to every 32: at block level that is thousands of records)
             self._river = ADWIN(delta=self.delta, clock=1, grace_period=5, min_window_length=3)  # type: ignore[no-untyped-call]
         else:

@@ -89,7 +89,7 @@ class DriftSpec(_Strict):
     enabled: bool = True
     tests: tuple[DriftTest, ...] = ("score", "latent", "multivariate")
     block_size: int = Field(default=200, ge=10, description="records summarised into one detector input")
-    detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
+    detector: Literal["page_hinkley", "adwin", "bocpd"] = "page_hinkley"
     threshold: float = Field(
         default=8.0, gt=0, description="Page-Hinkley threshold, in reference standard deviations x blocks"
     )
