@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from stream_vae.clierrors import fail, friendly
 from stream_vae.config import Settings
 from stream_vae.evaluation.cli import eval_app
 from stream_vae.evaluation.tcpd import tcpd_app
-from stream_vae.exceptions import StreamVAEError
 
 app = typer.Typer(
     name="stream-vae",
@@ -31,36 +29,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
 eval_app.add_typer(tcpd_app)  # no name: its verbs (tcpd, changepoint-synthetic) join `stream-vae eval`
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 TopologyOpt = Annotated[Path, typer.Option("--topology", "-t", help="topology YAML file", show_default=False)]
 PrettyOpt = Annotated[bool, typer.Option("--pretty", help="human-readable console logs instead of JSON")]
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def friendly(fn: F) -> F:
-    """Turn expected errors (bad config, unreachable broker/Redis) into one line and exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pydantic import ValidationError
-
-        try:
-            return fn(*args, **kwargs)
-        except StreamVAEError as exc:
-            _fail(str(exc))
-        except ValidationError as exc:
-            e = exc.errors()[0]
-            loc = "__".join(str(p) for p in e["loc"]).upper()
-            _fail(f"bad setting STREAM_VAE_{loc}: {e['msg']}")
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _settings(pretty: bool = False) -> Settings:
@@ -104,7 +74,7 @@ def validate_topologies(
 
     topos = load_all(directory)
     if not topos:
-        _fail(f"{directory}: no *.yaml topology files found")
+        fail(f"{directory}: no *.yaml topology files found")
     for name, t in topos.items():
         typer.echo(f"ok  {name}: {t.input_topic} -> {t.alerts.anomaly_topic} ({len(t.features)} features)")
 
@@ -250,8 +220,7 @@ def _stream_name(topology: Path | None, stream: str | None) -> str:
         return stream
     if topology:
         return str(_topology(topology).name)
-    _fail("name the stream: --stream NAME or --topology FILE")
-    raise AssertionError  # unreachable
+    fail("name the stream: --stream NAME or --topology FILE")
 
 
 @models_app.command("list")
@@ -361,7 +330,7 @@ def demo(
 
     _torch(Settings())
     if scenario not in ("anomalies", "drift"):
-        _fail(f"--scenario must be 'anomalies' or 'drift', not {scenario!r}")
+        fail(f"--scenario must be 'anomalies' or 'drift', not {scenario!r}")
     summary = run_demo(seconds=seconds, rate=rate, quiet=json_out, scenario=scenario)  # type: ignore[arg-type]
     if json_out:
         typer.echo(json.dumps(summary))

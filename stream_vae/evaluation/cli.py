@@ -8,19 +8,18 @@ to stdout; with ``--json`` the last stdout line is one JSON object (see
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 
+from stream_vae.clierrors import friendly
 from stream_vae.evaluation.runner import METRIC_KEYS, NAB_PROFILE_KEYS, EvalSettings
-from stream_vae.exceptions import ConfigError, StreamVAEError
+from stream_vae.exceptions import ConfigError
 
 eval_app = typer.Typer(
     help="Benchmark detection quality on SMD, ASD or NAB through the workers' own pipeline, next to baselines.",
@@ -29,7 +28,6 @@ eval_app = typer.Typer(
     add_completion=False,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 SMD_DEFAULTS = EvalSettings()
 """SMD and ASD: windows of 5 records, robust score, fpr 0.005, tracked threshold (half-life 2000)."""
@@ -57,26 +55,6 @@ HalfLifeOpt = Annotated[int | None, typer.Option("--half-life", min=10, help="th
 AdaptOpt = Annotated[str | None, typer.Option("--adapt", help="online threshold adaptation: track | off")]
 ScoreOpt = Annotated[str | None, typer.Option("--score", help="robust | gaussian")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the model and the baselines")]
-
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
-
-
-def friendly(fn: F) -> F:
-    """Expected errors (missing data, bad options) become one line on stderr and exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (StreamVAEError, FileNotFoundError) as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted")
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _progress(msg: str) -> None:

@@ -1,0 +1,39 @@
+"""One place that turns expected errors into a one-line message and exit code 2, for every CLI verb."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from stream_vae.exceptions import StreamVAEError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(msg: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn: F) -> F:
+    """Bad config, missing files, an unreachable broker/Redis: one line on stderr, exit 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return fn(*args, **kwargs)
+        except (StreamVAEError, FileNotFoundError) as exc:
+            fail(str(exc))
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            loc = "__".join(str(p) for p in e["loc"]).upper()
+            fail(f"bad setting STREAM_VAE_{loc}: {e['msg']}")
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return wrapper  # type: ignore[return-value]
