@@ -296,6 +296,24 @@ def _announce(s: Settings, topology: Path | None, name: str, **event: Any) -> No
                    err=True)
 
 
+@models_app.command("export")
+@friendly
+def models_export(
+    version: Annotated[str, typer.Argument(help="version to export, e.g. v3")],
+    out: Annotated[Path, typer.Option(help="directory; the model lands in OUT/VERSION")] = Path("models"),
+    topology: Annotated[Path | None, typer.Option("--topology", "-t")] = None,
+    stream: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Write a version's model.safetensors + manifest.json to a directory (atomically), after verifying it."""
+    from stream_vae.model.registry import export_artifact
+
+    s = _settings()
+    name = _stream_name(topology, stream)
+    reg = _registry(s)
+    reg.load(name, version)  # digest (and signature) checked before anything is written
+    typer.echo(f"exported {name} {version} to {export_artifact(reg.get(name, version), out)}")
+
+
 @app.command("demo-data")
 @friendly
 def demo_data(

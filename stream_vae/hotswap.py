@@ -120,17 +120,6 @@ class ModelSlot:
         self._loading = (version, rollback, asyncio.ensure_future(asyncio.to_thread(self.load, version)))
         return False
 
-    async def settle(self, timeout: float = 30.0) -> bool:
-        """Finish a pending load and swap now (tests, manual activation)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await self.check(force=True):
-                return True
-            if self._loading is None and self._requested is None:
-                return False
-            await asyncio.sleep(0.05)
-        return False
-
     def _swap(self, model: LoadedModel, *, rollback: bool) -> bool:
         assert self.pipeline is not None
         t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from stream_vae.lifecycle import DriftPolicy, GuardVerdict, RedisEpisodeStore, S
 from stream_vae.model.registry import LoadedModel
 from stream_vae.records import Alert, BatchOutcome, RawRecord, Rejection, envelope
 from stream_vae.reservoir import Reservoir
+from stream_vae.state import load_snapshot
 from stream_vae.topology import Topology
 
 log = structlog.get_logger("stream_vae.monitor")
@@ -132,9 +133,7 @@ class StreamMonitor:
         mon = self._drift.get(partition)
         if mon is None or mon.model_version != model.version:
             mon = DriftMonitor(self.topology, model.reference, model_version=model.version, partition=partition)
-            raw = self.client.get(self._snap_key(partition))
-            if raw is not None:
-                mon.restore(json.loads(raw))  # a rebalanced or restarted worker resumes the detector
+            load_snapshot(self.client, self._snap_key(partition), mon)  # a rebalanced/restarted worker resumes
             self._drift[partition] = mon
         return mon
 

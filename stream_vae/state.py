@@ -32,10 +32,6 @@ def redis_client(settings: RedisSettings, *, check: bool = True) -> Any:
     return client
 
 
-def save_snapshot(client: Any, key: str, component: Snapshottable) -> None:
-    client.set(key, json.dumps(component.snapshot()))
-
-
 def load_snapshot(client: Any, key: str, component: Snapshottable) -> bool:
     raw = client.get(key)
     if raw is None:

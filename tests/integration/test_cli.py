@@ -99,6 +99,9 @@ def test_models_activate_and_rollback(tmp_path: Path, env: dict[str, str]) -> No
     assert r.returncode == 0 and "v1 -> v2" in r.stdout
     r = cli("models", "activate", "v9", "--stream", name, env=env)
     assert r.returncode == 2 and "not found" in r.stderr
+    r = cli("models", "export", "v2", "--stream", name, "--out", str(tmp_path / "m"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "m" / "v2").iterdir()) == ["manifest.json", "model.safetensors"]
 
 
 @pytest.mark.parametrize(
