@@ -111,7 +111,35 @@ def _check_state(state: dict[str, Any], keys: Sequence[str], owner: str) -> None
 # --------------------------------------------------------------------------------------------
 
 
-class BOCPD:
+class _Declared:
+    """Read-only results every detector here shares; subclasses set ``_drift``, ``_cp`` and ``_n_seen``.
+
+    How ``change_point`` is defined is each detector's own (see its docstring): BOCPD's estimate of
+    where the new segment started, the declaring step for river detectors, the earliest start among
+    the implicated dimensions for :class:`MultiSeriesDetector`.
+    """
+
+    _drift: bool
+    _cp: int | None
+    _n_seen: int
+
+    @property
+    def drift_detected(self) -> bool:
+        """True on the step at which a change is declared."""
+        return self._drift
+
+    @property
+    def change_point(self) -> int | None:
+        """Index (in ``n_seen`` counts) of the last declared change, or None."""
+        return self._cp
+
+    @property
+    def n_seen(self) -> int:
+        """Observations counted so far (non-finite input is skipped, not counted)."""
+        return self._n_seen
+
+
+class BOCPD(_Declared):
     """Bayesian online change-point detection (Adams & MacKay 2007), Normal-Gamma model.
 
     The data are modelled as segments. Within a segment, observations are Gaussian around a
@@ -291,7 +319,7 @@ class BOCPD:
         self._diffs: deque[float] = deque(maxlen=self.scale_window)
         self._warm: list[float] = []  # the first grace_period observations (the first segment)
         self._last_x: float | None = None
-        self._last_cp: int | None = None
+        self._cp: int | None = None
         self._drift = False
         self._p = 0.0
         # lgamma((nu + 1) / 2) - lgamma(nu / 2) with nu = 2 * alpha0 + n, for n = 0..max_run_length
@@ -299,21 +327,6 @@ class BOCPD:
         self._lg_table = np.array([math.lgamma((v + 1) / 2) - math.lgamma(v / 2) for v in nus])
 
     # -- read-only results ---------------------------------------------------------------------
-
-    @property
-    def drift_detected(self) -> bool:
-        """True on the step at which a change is declared."""
-        return self._drift
-
-    @property
-    def change_point(self) -> int | None:
-        """Estimated start (0-based observation index) of the last declared change, or None."""
-        return self._last_cp
-
-    @property
-    def n_seen(self) -> int:
-        """Number of (finite) observations seen."""
-        return self._n_seen
 
     @property
     def change_probability(self) -> float:
@@ -478,7 +491,7 @@ class BOCPD:
     def _decide(self) -> None:
         n = self._S[0]
         start = (self._n_seen - 1) - n + 1.0
-        ref = 0 if self._last_cp is None else self._last_cp  # the stream start counts as a change
+        ref = 0 if self._cp is None else self._cp  # the stream start counts as a change
         young = (n <= self.window) & (start > ref + self.window)
         if not young.any():
             self._p = 0.0
@@ -489,7 +502,7 @@ class BOCPD:
         fire = self._p >= self.threshold if self.rule == "prob" else best == int(np.argmax(self._log_r))
         if fire:
             self._drift = True
-            self._last_cp = int(start[best])
+            self._cp = int(start[best])
 
     # -- checkpoint -----------------------------------------------------------------------------
 
@@ -507,7 +520,7 @@ class BOCPD:
             diffs=list(self._diffs),
             warm=list(self._warm),
             last_x=self._last_x,
-            last_cp=self._last_cp,
+            last_cp=self._cp,
             drift_detected=self._drift,
             change_probability=self._p,
         )
@@ -536,7 +549,7 @@ class BOCPD:
         self._diffs.extend(float(d) for d in state["diffs"])
         self._warm = [float(v) for v in state["warm"]]
         self._last_x = None if state["last_x"] is None else float(state["last_x"])
-        self._last_cp = None if state["last_cp"] is None else int(state["last_cp"])
+        self._cp = None if state["last_cp"] is None else int(state["last_cp"])
         self._drift = bool(state["drift_detected"])
         self._p = float(state["change_probability"])
 
@@ -555,7 +568,7 @@ class BOCPD:
 # --------------------------------------------------------------------------------------------
 
 
-class RiverDetector:
+class RiverDetector(_Declared):
     """A ``river.drift`` detector (ADWIN, PageHinkley, KSWIN) behind the verbs of this module.
 
     The river object is built from ``name`` and ``params`` and is never pickled: the snapshot is
@@ -615,21 +628,6 @@ class RiverDetector:
         self._n_seen = 0
         self._drift = False
         self._cp: int | None = None
-
-    @property
-    def drift_detected(self) -> bool:
-        """True on the step at which river declares a drift."""
-        return self._drift
-
-    @property
-    def change_point(self) -> int | None:
-        """Index of the step of the last declaration, or None."""
-        return self._cp
-
-    @property
-    def n_seen(self) -> int:
-        """Number of (finite) observations seen."""
-        return self._n_seen
 
     def update(self, x: float) -> None:
         """Feed one observation; non-finite values are skipped.
@@ -726,7 +724,7 @@ def make_detector(name: DetectorName = "bocpd", **params: Any) -> BOCPD | RiverD
 # --------------------------------------------------------------------------------------------
 
 
-class MultiSeriesDetector:
+class MultiSeriesDetector(_Declared):
     """One univariate detector per dimension, after online standardisation; k-of-D vote.
 
     Each dimension ``d`` is standardised with its running mean and standard deviation (Welford,
@@ -826,24 +824,9 @@ class MultiSeriesDetector:
         self._implicated: list[int] = []
 
     @property
-    def drift_detected(self) -> bool:
-        """True on the step at which ``k`` dimensions have fired within ``window`` steps."""
-        return self._drift
-
-    @property
-    def change_point(self) -> int | None:
-        """Earliest change start among the implicated dimensions of the last declaration."""
-        return self._cp
-
-    @property
     def implicated(self) -> list[int]:
         """Dimensions (0-based) that fired for the last declared change."""
         return list(self._implicated)
-
-    @property
-    def n_seen(self) -> int:
-        """Number of vectors seen (a vector with no finite entry is not counted)."""
-        return self._n_seen
 
     @property
     def _scaled(self) -> bool:

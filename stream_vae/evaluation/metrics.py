@@ -85,6 +85,19 @@ def _same_length(a: NDArray[Any], b: NDArray[Any], names: str) -> None:
         raise ValueError(f"{names} differ in length: {a.shape[0]} != {b.shape[0]}")
 
 
+def _scored_labels(
+    scores: ArrayLike, label: ArrayLike, what: str
+) -> tuple[NDArray[np.float64], NDArray[np.bool_], int]:
+    """Validated scores and labels of equal length, and the number of positives (at least one)."""
+    s = _as_scores(scores)
+    lab = _as_binary(label, "label")
+    _same_length(s, lab, "scores and label")
+    n_pos = int(np.count_nonzero(lab))
+    if n_pos == 0:
+        raise ValueError(f"label has no positive; {what} is undefined")
+    return s, lab, n_pos
+
+
 def _segments(label: NDArray[np.bool_]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """Half-open ``(starts, ends)`` of the runs of True in ``label``."""
     padded = np.concatenate(([0], label.astype(np.int8), [0]))
@@ -219,12 +232,7 @@ def best_f1(
     >>> best_f1([0.1, 0.9, 0.2, 0.0], [0, 1, 1, 1], point_adjusted=True)
     (1.0, 0.9, 1.0, 1.0)
     """
-    s = _as_scores(scores)
-    lab = _as_binary(label, "label")
-    _same_length(s, lab, "scores and label")
-    n_pos = int(np.count_nonzero(lab))
-    if n_pos == 0:
-        raise ValueError("label has no positive; best F1 is undefined")
+    s, lab, n_pos = _scored_labels(scores, label, "best F1")
     thr = _candidate_thresholds(s, n_thresholds)
 
     normal_sorted = np.sort(s[~lab])
@@ -272,12 +280,7 @@ def auc_pr(scores: ArrayLike, label: ArrayLike) -> float:
     >>> auc_pr([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
     0.8333333333333333
     """
-    s = _as_scores(scores)
-    lab = _as_binary(label, "label")
-    _same_length(s, lab, "scores and label")
-    n_pos = int(np.count_nonzero(lab))
-    if n_pos == 0:
-        raise ValueError("label has no positive; average precision is undefined")
+    s, lab, n_pos = _scored_labels(scores, label, "average precision")
     order = np.argsort(-s, kind="stable")
     s_desc = s[order]
     tp = np.cumsum(lab[order], dtype=np.float64)
