@@ -97,7 +97,9 @@ class EvalSettings:
     center_windows
         ``ModelSpec.center_windows``: the model sees each window minus its mean (shape, not level).
     score
-        ``ModelSpec.score``: ``"robust"`` (sum of log(1 + contribution)) or ``"gaussian"`` (NLL).
+        ``ModelSpec.score``: ``"robust"`` (sum of log(1 + contribution / scale)) or ``"gaussian"`` (NLL).
+    score_quantile
+        ``ModelSpec.score_quantile``: the held-out quantile that sets each feature's scale (0 = none).
     smoothing, fpr, adapt, half_life
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
         adaptation and its half-life (records).
@@ -118,6 +120,7 @@ class EvalSettings:
     window: int = 5
     center_windows: bool = False
     score: Literal["gaussian", "robust"] = "robust"
+    score_quantile: float = 0.0
     smoothing: int = 1
     fpr: float = 0.005
     adapt: Literal["off", "track"] = "track"
@@ -180,6 +183,7 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "hidden": list(settings.hidden),
                 "seed": settings.seed,
                 "score": settings.score,
+                "score_quantile": settings.score_quantile,
                 "center_windows": settings.center_windows,
             },
             "calibration": {

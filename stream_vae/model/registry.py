@@ -118,7 +118,7 @@ def load_artifact(art: Artifact, *, signing_key: bytes | None = None, topology: 
             f"{list(topology.feature_names)}; retrain with `stream-vae train`"
         )
     a = m["architecture"]
-    vae = VAE(int(a["n_in"]), hidden=tuple(a["hidden"]), latent_dim=int(a["latent_dim"]))
+    vae = VAE(int(a["n_in"]), hidden=tuple(a["hidden"]), latent_dim=int(a["latent_dim"]), n_features=len(m["features"]))
     try:
         vae.load_state_dict(load(art.weights))
     except (SafetensorError, RuntimeError) as exc:

@@ -19,10 +19,12 @@ class VAEScorer:
     The score depends on the VAE's ``score_kind``:
 
     * ``"gaussian"``: the Gaussian negative log-likelihood of the (windowed) row, summed.
-    * ``"robust"``: ``sum_j log(1 + c_j)`` over the features' contributions ``c_j``. For one
-      record this is, up to constants, the NLL of a Student-t with 2 degrees of freedom: a
-      feature that wanders far (one noisy metric, one metric that moved since training) adds
-      only logarithmically, so it cannot drown what many features say together.
+    * ``"robust"``: ``sum_j log(1 + c_j / q_j)`` over the features' contributions ``c_j``, with
+      ``q_j`` the VAE's ``score_scale``: 1, or with ``ModelSpec.score_quantile`` set, that quantile
+      of the feature's contributions on held-out training data. For one record this is, up to
+      constants, the NLL of a Student-t with 2 degrees of freedom: a feature that wanders far (one
+      noisy metric, one metric that moved since training) adds only logarithmically, so it cannot
+      drown what many features say together. The ``contributions`` returned stay unscaled.
     """
 
     def __init__(self, vae: VAE, *, n_features: int, model_version: str) -> None:
@@ -39,7 +41,10 @@ class VAEScorer:
         kl = VAE.kl(mu, logvar)
         z2 = 0.5 * (x - x_hat) ** 2 * torch.exp(-self.vae.out_log_variance())
         per_feature = z2.reshape(len(X), -1, self.n_features).sum(dim=1)
-        score = torch.log1p(per_feature).sum(dim=1) if self.vae.score_kind == "robust" else nll.sum(dim=1)
+        if self.vae.score_kind == "robust":
+            score = torch.log1p(per_feature / self.vae.get_buffer("score_scale")).sum(dim=1)
+        else:
+            score = nll.sum(dim=1)
         return ScoreResult(
             score=score.double().numpy(),
             kl=kl.double().numpy(),

@@ -96,7 +96,8 @@ def train_model(
     # model will meet next, so it gives the more honest threshold.
     n_val = max(20, int(len(W) * spec.validation_fraction))
     train_w, val_w = W[:-n_val], W[-n_val:]
-    vae = VAE(W.shape[1], hidden=spec.hidden, latent_dim=spec.latent_dim, score=spec.score)
+    n_features = len(topology.features)
+    vae = VAE(W.shape[1], hidden=spec.hidden, latent_dim=spec.latent_dim, score=spec.score, n_features=n_features)
     opt = torch.optim.Adam(vae.parameters(), lr=spec.learning_rate)
     xt, xv = torch.from_numpy(train_w), torch.from_numpy(val_w)
     best, best_state, bad = float("inf"), copy.deepcopy(vae.state_dict()), 0
@@ -136,8 +137,13 @@ def train_model(
             break
     vae.load_state_dict(best_state)
     vae.eval()
-    scorer = VAEScorer(vae, n_features=len(topology.features), model_version="unregistered")
+    scorer = VAEScorer(vae, n_features=n_features, model_version="unregistered")
     val_res = scorer.score_many(val_w.astype(np.float64))
+    if spec.score == "robust" and spec.score_quantile > 0:
+        # Each feature's unit in the robust score: its own extreme (not typical) held-out contribution.
+        q = np.quantile(val_res.contributions, spec.score_quantile, axis=0)
+        vae.get_buffer("score_scale").copy_(torch.from_numpy(np.maximum(q, 1e-6)))
+        val_res = scorer.score_many(val_w.astype(np.float64))
     cs = topology.calibration
     cal = Calibrator.from_spec(cs)
     # The pipeline smooths each entity's scores in arrival order; calibrate on scores smoothed the same way.

@@ -31,11 +31,14 @@ class VAE(nn.Module):
     ``score`` says how a scorer turns the reconstruction into one anomaly score (see
     :class:`~stream_vae.model.scorer.VAEScorer`). It is kept as a buffer, so it travels with the
     weights and a loaded model scores the way it was calibrated; weights saved without it load as
-    ``"gaussian"``.
+    ``"gaussian"``. ``score_scale`` (one per feature, ``n_features`` of them; a windowed row holds
+    ``n_in / n_features`` records) is the robust score's unit per feature, set after training from
+    held-out data; weights saved without it load with scale 1.
     """
 
     def __init__(
-        self, n_in: int, *, hidden: Sequence[int] = (64, 32), latent_dim: int = 4, score: ScoreKind = "gaussian"
+        self, n_in: int, *, hidden: Sequence[int] = (64, 32), latent_dim: int = 4, score: ScoreKind = "gaussian",
+        n_features: int | None = None,
     ) -> None:
         super().__init__()
         self.n_in = n_in
@@ -48,6 +51,7 @@ class VAE(nn.Module):
         self.dec_mu = nn.Linear(hidden[0], n_in)
         self.out_logvar = nn.Parameter(torch.zeros(n_in))
         self.register_buffer("robust_score", torch.tensor(1.0 if score == "robust" else 0.0))
+        self.register_buffer("score_scale", torch.ones(n_features or n_in))
 
     @property
     def score_kind(self) -> ScoreKind:
@@ -56,6 +60,7 @@ class VAE(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         sd = dict(state_dict)
         sd.setdefault("robust_score", torch.tensor(0.0))  # artifacts from before the robust score
+        sd.setdefault("score_scale", torch.ones_like(self.get_buffer("score_scale")))  # ... and its scale
         return super().load_state_dict(sd, strict=strict, assign=assign)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

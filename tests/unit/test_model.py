@@ -84,19 +84,34 @@ def test_windowed_model_trains_and_scores() -> None:
     assert np.all(np.isfinite(res.score))
 
 
-def test_robust_score_is_sum_of_log1p_contributions_and_survives_the_artifact() -> None:
-    """The robust score is sum(log1p(contributions)); the score kind travels with the weights."""
+def test_robust_score_is_sum_of_log1p_scaled_contributions_and_survives_the_artifact() -> None:
+    """The robust score is sum(log1p(contributions / scale)); with score_quantile 0.99 the scale is each
+    feature's 99th percentile contribution on the held-out rows; score kind and scale travel with the weights."""
     from stream_vae.testing import loaded
 
-    topo = synth_topology(epochs=2, model={"latent_dim": 3, "hidden": [16, 8], "epochs": 2, "score": "robust"})
+    topo = synth_topology(epochs=2, model={"latent_dim": 3, "hidden": [16, 8], "epochs": 2, "score": "robust",
+                                           "score_quantile": 0.99})
     m = quick_model(topo, steps=300)
     assert m.vae.score_kind == "robust"
     X = m.scaler.transform(generate(n_steps=20, t0=300, seed=3).X)
     res = m.scorer().score_many(X)
-    np.testing.assert_allclose(res.score, np.log1p(res.contributions).sum(1), rtol=1e-6)
+    scale = m.vae.get_buffer("score_scale").double().numpy()
+    assert scale.shape == (len(topo.features),)
+    # 1 % of the held-out windows (quick_model's data, the newest share) exceed their feature's scale
+    from stream_vae.model.train import _windows_and_keys
+
+    tr = generate(n_steps=300, anomaly_rate=0.0, seed=0)
+    W, _ = _windows_and_keys(m.scaler.transform(tr.X), tr.entities, topo.window)
+    val = W[-max(20, int(len(W) * topo.model.validation_fraction)) :]
+    exceed = (m.scorer().score_many(val).contributions > scale * (1 + 1e-6)).mean(0)
+    assert np.all(exceed <= 0.01 + 1 / len(val)) and exceed.mean() > 0.005, exceed
+    np.testing.assert_allclose(res.score, np.log1p(res.contributions / scale).sum(1), rtol=1e-5)
     lm = loaded(m)
     assert lm.scorer.vae.score_kind == "robust"
     np.testing.assert_allclose(lm.scorer.score_many(X).score, res.score, rtol=1e-6)
+    unscaled = synth_topology(epochs=2, model={"latent_dim": 3, "hidden": [16, 8], "epochs": 2, "score": "robust"})
+    assert np.all(  # the default: scale 1
+        quick_model(unscaled, steps=300).vae.get_buffer("score_scale").numpy() == 1.0)
 
 
 def test_gaussian_score_is_the_nll_and_old_weights_load_as_gaussian() -> None:
@@ -109,10 +124,12 @@ def test_gaussian_score_is_the_nll_and_old_weights_load_as_gaussian() -> None:
         nll = vae.nll_per_feature(x, vae.decode(mu)).sum(1).double().numpy()
     np.testing.assert_allclose(res.score, nll, rtol=1e-5)
     robust = VAE(4, hidden=(8,), latent_dim=2, score="robust")
-    old = {k: v for k, v in robust.state_dict().items() if k != "robust_score"}
+    old = {k: v for k, v in robust.state_dict().items() if k not in ("robust_score", "score_scale")}
     fresh = VAE(4, hidden=(8,), latent_dim=2, score="robust")
+    fresh.get_buffer("score_scale").fill_(3.0)
     fresh.load_state_dict(old)
     assert fresh.score_kind == "gaussian"
+    assert torch.all(fresh.get_buffer("score_scale") == 1.0)  # weights from before the scale: unscaled
 
 
 def test_smoothed_calibration_matches_smoothed_scores() -> None:
