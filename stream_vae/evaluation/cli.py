@@ -54,6 +54,10 @@ SmoothOpt = Annotated[int | None, typer.Option("--smoothing", min=1, help="score
 HalfLifeOpt = Annotated[int | None, typer.Option("--half-life", min=10, help="threshold tracker half-life (records)")]
 AdaptOpt = Annotated[str | None, typer.Option("--adapt", help="online threshold adaptation: track | off")]
 ScoreOpt = Annotated[str | None, typer.Option("--score", help="robust | gaussian")]
+ScoreQOpt = Annotated[
+    float | None,
+    typer.Option("--score-quantile", min=0.0, max=0.999, help="robust score: per-feature scale quantile (0 = off)"),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the model and the baselines")]
 
 
@@ -64,13 +68,13 @@ def _progress(msg: str) -> None:
 def _settings(
     base: EvalSettings, *, window: int | None, epochs: int | None, max_train_rows: int | None, threads: int,
     baselines: str | None, fpr: float | None, smoothing: int | None, half_life: int | None, adapt: str | None,
-    score: str | None, seed: int,
+    score: str | None, seed: int, score_quantile: float | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
     changes: dict[str, Any] = {"threads": threads, "seed": seed}
     for key, value in (("window", window), ("epochs", epochs), ("max_train_rows", max_train_rows), ("fpr", fpr),
-                       ("smoothing", smoothing), ("half_life", half_life)):
+                       ("smoothing", smoothing), ("half_life", half_life), ("score_quantile", score_quantile)):
         if value is not None:
             changes[key] = value
     if adapt is not None:
@@ -149,12 +153,13 @@ def smd(
     half_life: HalfLifeOpt = None,
     adapt: AdaptOpt = None,
     score: ScoreOpt = None,
+    score_quantile: ScoreQOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Server Machine Dataset: train per machine on its train split, stream its test split."""
     s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
-                  seed=seed)
+                  seed=seed, score_quantile=score_quantile)
     _run_smd_like("smd", data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
 
@@ -176,12 +181,13 @@ def asd(
     half_life: HalfLifeOpt = None,
     adapt: AdaptOpt = None,
     score: ScoreOpt = None,
+    score_quantile: ScoreQOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Application Server Dataset: same protocol as smd; slices per anomaly type."""
     s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
-                  seed=seed)
+                  seed=seed, score_quantile=score_quantile)
     _run_smd_like("asd", data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
 
@@ -214,6 +220,7 @@ def nab(
     half_life: HalfLifeOpt = None,
     adapt: AdaptOpt = None,
     score: ScoreOpt = None,
+    score_quantile: ScoreQOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
@@ -221,7 +228,7 @@ def nab(
 
     s = _settings(NAB_DEFAULTS, window=window, epochs=epochs, max_train_rows=None, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
-                  seed=seed)
+                  seed=seed, score_quantile=score_quantile)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

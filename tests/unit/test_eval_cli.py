@@ -45,9 +45,11 @@ def test_smd_json_is_the_last_stdout_line_and_plots_are_small_pngs(app: typer.Ty
 def test_asd_and_nab_commands_print_their_objects(app: typer.Typer, tmp_path: Path) -> None:
     """eval asd and eval nab follow the same contract (NAB: scores per profile, per file, baselines)."""
     smd = write_toy_smd(tmp_path / "asd", entities=("omi-x",))
-    res = CliRunner().invoke(app, ["eval", "asd", "--data-dir", str(smd), "--json", "--baselines", "", *FAST])
+    res = CliRunner().invoke(app, ["eval", "asd", "--data-dir", str(smd), "--json", "--baselines", "",
+                                   "--score-quantile", "0.99", *FAST])
     assert res.exit_code == 0, res.output
-    assert _last_json(res.stdout)["dataset"] == "asd"
+    doc = _last_json(res.stdout)
+    assert doc["dataset"] == "asd" and doc["settings"]["score_quantile"] == 0.99  # type: ignore[index]
     nab = write_toy_nab(tmp_path / "nab")
     res = CliRunner().invoke(app, ["eval", "nab", "--data-dir", str(nab), "--json", "--baselines", "random",
                                    "--epochs", "3", "--window", "8", "--smoothing", "3"])
