@@ -56,6 +56,10 @@ class ModelSpec(_Strict):
     patience: int = Field(default=8, ge=1, description="early stopping on the validation ELBO")
     validation_fraction: float = Field(default=0.2, gt=0, lt=0.9)
     seed: int = 0
+    ensemble: int = Field(
+        default=1, ge=1, le=16,
+        description="VAEs trained with seeds seed, seed+1, ...; scored together (mean score and contributions)",
+    )
     center_windows: bool = Field(
         default=False, description="subtract each feature's mean over the window: model shape, not level"
     )

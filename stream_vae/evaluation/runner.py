@@ -103,8 +103,8 @@ class EvalSettings:
     smoothing, fpr, adapt, half_life
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
         adaptation and its half-life (records).
-    epochs, latent_dim, hidden, seed
-        ``ModelSpec`` fields.
+    epochs, latent_dim, hidden, seed, ensemble
+        ``ModelSpec`` fields (``ensemble``: members trained with seeds ``seed``, ``seed + 1``, ...).
     max_train_rows
         Train on at most this many (the most recent) training rows; None = all.
     batch_size
@@ -129,6 +129,7 @@ class EvalSettings:
     latent_dim: int = 4
     hidden: tuple[int, ...] = (64, 32)
     seed: int = 0
+    ensemble: int = 1
     max_train_rows: int | None = None
     batch_size: int = 1000
     baselines: tuple[str, ...] = ("hst", "pca", "iforest", "random")
@@ -182,6 +183,7 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "latent_dim": settings.latent_dim,
                 "hidden": list(settings.hidden),
                 "seed": settings.seed,
+                "ensemble": settings.ensemble,
                 "score": settings.score,
                 "score_quantile": settings.score_quantile,
                 "center_windows": settings.center_windows,

@@ -29,6 +29,7 @@ from stream_vae.calibrate import Calibrator
 from stream_vae.exceptions import ModelLoadError, StateStoreError
 from stream_vae.model.scorer import VAEScorer
 from stream_vae.model.train import TrainedModel
+from stream_vae.model.vae import members
 from stream_vae.preprocess import Scaler
 from stream_vae.topology import Topology
 
@@ -82,6 +83,7 @@ def to_artifact(model: TrainedModel, version: str, *, signing_key: bytes | None 
             "n_in": model.vae.n_in,
             "hidden": list(model.vae.hidden),
             "latent_dim": model.vae.latent_dim,
+            "members": len(members(model.vae)),
         },
         "scaler": model.scaler.to_dict(),
         "calibration": model.calibrator.to_dict(),
@@ -99,7 +101,7 @@ def load_artifact(art: Artifact, *, signing_key: bytes | None = None, topology: 
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from stream_vae.model.vae import VAE
+    from stream_vae.model.vae import VAE, AnyVAE, VAEEnsemble
 
     m = art.manifest
     if m.get("format") != FORMAT:
@@ -118,7 +120,10 @@ def load_artifact(art: Artifact, *, signing_key: bytes | None = None, topology: 
             f"{list(topology.feature_names)}; retrain with `stream-vae train`"
         )
     a = m["architecture"]
-    vae = VAE(int(a["n_in"]), hidden=tuple(a["hidden"]), latent_dim=int(a["latent_dim"]), n_features=len(m["features"]))
+    n_in, hidden, latent = int(a["n_in"]), tuple(a["hidden"]), int(a["latent_dim"])
+    vaes = [VAE(n_in, hidden=hidden, latent_dim=latent, n_features=len(m["features"]))
+            for _ in range(int(a.get("members", 1)))]  # artifacts before ensembles: one member
+    vae: AnyVAE = vaes[0] if len(vaes) == 1 else VAEEnsemble(vaes)
     try:
         vae.load_state_dict(load(art.weights))
     except (SafetensorError, RuntimeError) as exc:

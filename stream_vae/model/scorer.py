@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stream_vae.model.vae import VAE
+from stream_vae.model.vae import VAE, AnyVAE, members
 from stream_vae.records import FloatArray, ScoreResult
 
 
@@ -25,30 +25,39 @@ class VAEScorer:
       constants, the NLL of a Student-t with 2 degrees of freedom: a feature that wanders far (one
       noisy metric, one metric that moved since training) adds only logarithmically, so it cannot
       drown what many features say together. The ``contributions`` returned stay unscaled.
+
+    An ensemble (:class:`~stream_vae.model.vae.VAEEnsemble`) scores with each member and returns
+    the mean score and mean contributions; ``latent_mu``/``kl`` are the first member's.
     """
 
-    def __init__(self, vae: VAE, *, n_features: int, model_version: str) -> None:
+    def __init__(self, vae: AnyVAE, *, n_features: int, model_version: str) -> None:
         self.vae = vae.eval()
+        self.members = members(vae)
         self.n_features = n_features
         self.model_version = model_version
 
     @torch.inference_mode()
     def score_many(self, X: FloatArray) -> ScoreResult:
         x = torch.as_tensor(X, dtype=torch.float32)
-        mu, logvar = self.vae.encode(x)
-        x_hat = self.vae.decode(mu)
-        nll = self.vae.nll_per_feature(x, x_hat)
-        kl = VAE.kl(mu, logvar)
-        z2 = 0.5 * (x - x_hat) ** 2 * torch.exp(-self.vae.out_log_variance())
-        per_feature = z2.reshape(len(X), -1, self.n_features).sum(dim=1)
-        if self.vae.score_kind == "robust":
-            score = torch.log1p(per_feature / self.vae.get_buffer("score_scale")).sum(dim=1)
-        else:
-            score = nll.sum(dim=1)
+        scores, per_features = [], []
+        for i, vae in enumerate(self.members):  # an ensemble: the mean of its members
+            mu_i, logvar_i = vae.encode(x)
+            x_hat = vae.decode(mu_i)
+            z2 = 0.5 * (x - x_hat) ** 2 * torch.exp(-vae.out_log_variance())
+            per_feature = z2.reshape(len(X), -1, self.n_features).sum(dim=1)
+            if vae.score_kind == "robust":
+                scores.append(torch.log1p(per_feature / vae.get_buffer("score_scale")).sum(dim=1))
+            else:
+                scores.append(vae.nll_per_feature(x, x_hat).sum(dim=1))
+            per_features.append(per_feature)
+            if i == 0:  # the drift monitor follows the first member's latent space
+                mu, logvar = mu_i, logvar_i
+        score = scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
+        contrib = per_features[0] if len(per_features) == 1 else torch.stack(per_features).mean(0)
         return ScoreResult(
             score=score.double().numpy(),
-            kl=kl.double().numpy(),
-            contributions=per_feature.double().numpy(),
+            kl=VAE.kl(mu, logvar).double().numpy(),
+            contributions=contrib.double().numpy(),
             latent_mu=mu.double().numpy(),
             latent_logvar=logvar.double().numpy(),
             model_version=self.model_version,

@@ -18,10 +18,10 @@ import torch
 from stream_vae.calibrate import Calibrator, ScoreSmoother
 from stream_vae.exceptions import ConfigError
 from stream_vae.model.scorer import VAEScorer
-from stream_vae.model.vae import VAE
+from stream_vae.model.vae import VAE, AnyVAE, VAEEnsemble
 from stream_vae.preprocess import Scaler, make_windows
 from stream_vae.records import FloatArray
-from stream_vae.topology import Topology
+from stream_vae.topology import ModelSpec, Topology
 
 Progress = Callable[[int, int, float, float], None]  # epoch, epochs, train_loss, val_loss
 
@@ -31,7 +31,7 @@ class TrainedModel:
     """A trained, calibrated model before it gets a version in the registry."""
 
     topology: Topology
-    vae: VAE
+    vae: AnyVAE
     scaler: Scaler
     calibrator: Calibrator
     reference: dict[str, Any]
@@ -57,6 +57,51 @@ def _windows_and_keys(X: FloatArray, entities: Sequence[str] | None, window: int
     parts = [make_windows(X[ent == e], window) for e in order]
     keys = [str(e) for e in order for _ in range(int(np.count_nonzero(ent == e)))]
     return np.concatenate(parts, axis=0), keys
+
+
+def _fit(
+    vae: VAE, train_w: np.ndarray, val_w: np.ndarray, spec: ModelSpec,  # type: ignore[type-arg]
+    *, rng: np.random.Generator, history: list[dict[str, float]], member: int, progress: Progress | None,
+    deadline: float | None,
+) -> None:
+    """Minibatch ELBO with KL annealing; early stopping on the validation ELBO; keeps the best epoch."""
+    opt = torch.optim.Adam(vae.parameters(), lr=spec.learning_rate)
+    xt, xv = torch.from_numpy(train_w), torch.from_numpy(val_w)
+    best, best_state, bad = float("inf"), copy.deepcopy(vae.state_dict()), 0
+    for epoch in range(spec.epochs):
+        beta = spec.beta * min(1.0, (epoch + 1) / max(1, spec.kl_warmup_epochs))  # KL annealing
+        vae.train()
+        perm = torch.from_numpy(rng.permutation(len(xt)))
+        total = 0.0
+        for i in range(0, len(xt), spec.batch_size):
+            xb = xt[perm[i : i + spec.batch_size]]
+            x_hat, mu, logvar = vae(xb)
+            loss = (vae.nll_per_feature(xb, x_hat).sum(1) + beta * VAE.kl(mu, logvar)).mean()
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            total += loss.item() * len(xb)
+        vae.eval()
+        with torch.inference_mode():
+            x_hat, mu, logvar = vae(xv)
+            val = float((vae.nll_per_feature(xv, x_hat).sum(1) + spec.beta * VAE.kl(mu, logvar)).mean())
+        history.append({"member": member, "epoch": epoch, "train": total / len(xt), "val": val, "beta": beta})
+        if progress:
+            progress(member * spec.epochs + epoch + 1, spec.ensemble * spec.epochs, total / len(xt), val)
+        # Only judge early stopping once the KL weight has reached its final value.
+        if epoch + 1 >= spec.kl_warmup_epochs:
+            if val < best - 1e-4:
+                best, best_state, bad = val, copy.deepcopy(vae.state_dict()), 0
+            else:
+                bad += 1
+                if bad >= spec.patience:
+                    break
+        else:
+            best_state = copy.deepcopy(vae.state_dict())
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    vae.load_state_dict(best_state)
+    vae.eval()
 
 
 def train_model(
@@ -87,8 +132,6 @@ def train_model(
         raise ConfigError(f"need at least 100 training rows, got {len(X)}")
     if not np.all(np.isfinite(X)):
         raise ConfigError("training data contains NaN or infinite values; clean or impute them first")
-    torch.manual_seed(spec.seed)
-    rng = np.random.default_rng(spec.seed)
     scaler = Scaler(center_windows=spec.center_windows).fit(X)
     W64, keys = _windows_and_keys(scaler.transform(X), entities, topology.window)
     W = W64.astype(np.float32)
@@ -97,53 +140,26 @@ def train_model(
     n_val = max(20, int(len(W) * spec.validation_fraction))
     train_w, val_w = W[:-n_val], W[-n_val:]
     n_features = len(topology.features)
-    vae = VAE(W.shape[1], hidden=spec.hidden, latent_dim=spec.latent_dim, score=spec.score, n_features=n_features)
-    opt = torch.optim.Adam(vae.parameters(), lr=spec.learning_rate)
-    xt, xv = torch.from_numpy(train_w), torch.from_numpy(val_w)
-    best, best_state, bad = float("inf"), copy.deepcopy(vae.state_dict()), 0
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    vaes: list[VAE] = []
     history: list[dict[str, float]] = []
-    t0 = time.monotonic()
-    for epoch in range(spec.epochs):
-        beta = spec.beta * min(1.0, (epoch + 1) / max(1, spec.kl_warmup_epochs))  # KL annealing
-        vae.train()
-        perm = torch.from_numpy(rng.permutation(len(xt)))
-        total = 0.0
-        for i in range(0, len(xt), spec.batch_size):
-            xb = xt[perm[i : i + spec.batch_size]]
-            x_hat, mu, logvar = vae(xb)
-            loss = (vae.nll_per_feature(xb, x_hat).sum(1) + beta * VAE.kl(mu, logvar)).mean()
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            total += loss.item() * len(xb)
-        vae.eval()
-        with torch.inference_mode():
-            x_hat, mu, logvar = vae(xv)
-            val = float((vae.nll_per_feature(xv, x_hat).sum(1) + spec.beta * VAE.kl(mu, logvar)).mean())
-        history.append({"epoch": epoch, "train": total / len(xt), "val": val, "beta": beta})
-        if progress:
-            progress(epoch + 1, spec.epochs, total / len(xt), val)
-        # Only judge early stopping once the KL weight has reached its final value.
-        if epoch + 1 >= spec.kl_warmup_epochs:
-            if val < best - 1e-4:
-                best, best_state, bad = val, copy.deepcopy(vae.state_dict()), 0
-            else:
-                bad += 1
-                if bad >= spec.patience:
-                    break
-        else:
-            best_state = copy.deepcopy(vae.state_dict())
-        if max_seconds is not None and time.monotonic() - t0 > max_seconds:
-            break
-    vae.load_state_dict(best_state)
-    vae.eval()
-    scorer = VAEScorer(vae, n_features=n_features, model_version="unregistered")
-    val_res = scorer.score_many(val_w.astype(np.float64))
-    if spec.score == "robust" and spec.score_quantile > 0:
-        # Each feature's unit in the robust score: its own extreme (not typical) held-out contribution.
-        q = np.quantile(val_res.contributions, spec.score_quantile, axis=0)
-        vae.get_buffer("score_scale").copy_(torch.from_numpy(np.maximum(q, 1e-6)))
-        val_res = scorer.score_many(val_w.astype(np.float64))
+    for member in range(spec.ensemble):
+        if vaes and deadline is not None and time.monotonic() > deadline:
+            break  # out of time: the members trained so far are the model
+        seed = spec.seed + member
+        torch.manual_seed(seed)  # member 0 is exactly the single model of this seed
+        vae = VAE(W.shape[1], hidden=spec.hidden, latent_dim=spec.latent_dim, score=spec.score, n_features=n_features)
+        _fit(vae, train_w, val_w, spec, rng=np.random.default_rng(seed), history=history, member=member,
+             progress=progress, deadline=deadline)
+        if spec.score == "robust" and spec.score_quantile > 0:
+            # Each feature's unit in the robust score: its own extreme (not typical) held-out contribution.
+            scorer = VAEScorer(vae, n_features=n_features, model_version="-")
+            c = scorer.score_many(val_w.astype(np.float64)).contributions
+            q = np.quantile(c, spec.score_quantile, axis=0)
+            vae.get_buffer("score_scale").copy_(torch.from_numpy(np.maximum(q, 1e-6)))
+        vaes.append(vae)
+    model: AnyVAE = vaes[0] if len(vaes) == 1 else VAEEnsemble(vaes)
+    val_res = VAEScorer(model, n_features=n_features, model_version="unregistered").score_many(val_w.astype(np.float64))
     cs = topology.calibration
     cal = Calibrator.from_spec(cs)
     # The pipeline smooths each entity's scores in arrival order; calibrate on scores smoothed the same way.
@@ -157,4 +173,4 @@ def train_model(
         "score_std": float(val_scores.std()),
         "n": len(val_w),
     }
-    return TrainedModel(topology, vae, scaler, cal, reference, history, n_train=len(X))
+    return TrainedModel(topology, model, scaler, cal, reference, history, n_train=len(X))

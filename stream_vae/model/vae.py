@@ -89,3 +89,55 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decode(z), mu, logvar
+
+
+class VAEEnsemble(nn.Module):
+    """VAEs of one architecture trained from different seeds, scored together.
+
+    A scorer averages the members' scores and contributions; the latent posterior (for the drift
+    monitor) is the first member's, so one reference describes it. Training noise is the largest
+    variance in the detector: on SMD the same settings with seeds 0/1/2 spread label-free PA-F1
+    over 0.70-0.78, and three members matched the best single seed (benchmarks/detection.md).
+    """
+
+    def __init__(self, members: Sequence[VAE]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def first(self) -> VAE:
+        first: VAE = self.members[0]  # type: ignore[assignment]
+        return first
+
+    @property
+    def n_in(self) -> int:
+        return self.first.n_in
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return self.first.hidden
+
+    @property
+    def latent_dim(self) -> int:
+        return self.first.latent_dim
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        return self.first.score_kind
+
+    def vaes(self) -> list[VAE]:
+        return [m for m in self.members if isinstance(m, VAE)]
+
+    def out_log_variance(self) -> Tensor:
+        """The members' mean log-variance (the scale of the averaged contributions)."""
+        return torch.stack([m.out_log_variance() for m in self.vaes()]).mean(0)
+
+
+AnyVAE = VAE | VAEEnsemble
+
+
+def members(vae: AnyVAE) -> list[VAE]:
+    """The VAEs to score with: the members of an ensemble, or the one VAE."""
+    return vae.vaes() if isinstance(vae, VAEEnsemble) else [vae]

@@ -11,6 +11,7 @@ from stream_vae.model.scorer import VAEScorer
 from stream_vae.model.vae import VAE
 from stream_vae.synth import generate
 from stream_vae.testing import quick_model, synth_topology
+from stream_vae.topology import Topology
 
 
 def test_vae_shapes_and_kl_nonnegative() -> None:
@@ -140,3 +141,59 @@ def test_smoothed_calibration_matches_smoothed_scores() -> None:
     raw = quick_model(synth_topology(epochs=2, calibration={"fpr": 0.01}), steps=400).calibrator
     # smoothing narrows the reference distribution, so its upper quantile comes down
     assert m.calibrator.threshold < raw.threshold
+
+
+def _ensemble_topology(n: int) -> Topology:
+    return synth_topology(model={"latent_dim": 3, "hidden": [16, 8], "epochs": 3, "kl_warmup_epochs": 1,
+                                 "ensemble": n})
+
+
+def test_ensemble_scores_the_mean_of_its_members_and_member_0_is_the_single_model() -> None:
+    """ensemble=3 trains seeds seed..seed+2; the score and contributions are the members' means, the
+    latent posterior is the first member's, and member 0 is exactly the model ensemble=1 trains."""
+    from stream_vae.model.vae import VAEEnsemble
+
+    ens = quick_model(_ensemble_topology(3), steps=300)
+    single = quick_model(_ensemble_topology(1), steps=300)
+    assert isinstance(ens.vae, VAEEnsemble) and len(ens.vae.vaes()) == 3
+    assert {h["member"] for h in ens.history} == {0, 1, 2}
+    for a, b in zip(ens.vae.vaes()[0].state_dict().values(), single.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    X = ens.scaler.transform(generate(n_steps=20, t0=300, seed=3).X)
+    res = ens.scorer().score_many(X)
+    parts = [VAEScorer(v, n_features=X.shape[1], model_version="m").score_many(X) for v in ens.vae.vaes()]
+    np.testing.assert_allclose(res.score, np.mean([p.score for p in parts], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(res.contributions, np.mean([p.contributions for p in parts], axis=0), rtol=1e-5)
+    np.testing.assert_array_equal(res.latent_mu, parts[0].latent_mu)
+    assert not np.allclose(parts[0].score, parts[1].score)  # the members differ (seeds)
+
+
+def test_ensemble_survives_the_artifact_and_old_manifests_load_one_member() -> None:
+    """The manifest says how many members; a loaded ensemble scores as trained; a manifest from before
+    ensembles (no 'members') loads a single VAE."""
+    from stream_vae.model.registry import Artifact, load_artifact, to_artifact
+    from stream_vae.model.vae import VAEEnsemble
+
+    ens = quick_model(_ensemble_topology(2), steps=300)
+    art = to_artifact(ens, "v-ens")
+    assert art.manifest["architecture"]["members"] == 2
+    lm = load_artifact(art, topology=ens.topology)
+    assert isinstance(lm.scorer.vae, VAEEnsemble)
+    X = ens.scaler.transform(generate(n_steps=20, t0=300, seed=3).X)
+    np.testing.assert_allclose(lm.scorer.score_many(X).score, ens.scorer().score_many(X).score, rtol=1e-6)
+    single = quick_model(_ensemble_topology(1), steps=300)
+    old = to_artifact(single, "v-old")
+    manifest = {**old.manifest, "architecture": {k: v for k, v in old.manifest["architecture"].items()
+                                                 if k != "members"}}
+    lm_old = load_artifact(Artifact(manifest, old.weights), topology=single.topology)
+    assert isinstance(lm_old.scorer.vae, VAE)
+
+
+def test_ensemble_stops_adding_members_when_out_of_time() -> None:
+    """With max_seconds spent, the members trained so far are the model (always at least one)."""
+    from stream_vae.model.train import train_model
+
+    tr = generate(n_steps=300, anomaly_rate=0.0, seed=0)
+    m = train_model(tr.X, _ensemble_topology(3), entities=tr.entities, max_seconds=0.0)
+    assert isinstance(m.vae, VAE)
+    assert {h["member"] for h in m.history} == {0}
