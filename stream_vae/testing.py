@@ -14,7 +14,8 @@ from stream_vae.topology import Topology, parse_topology
 
 
 def synth_topology(name: str = "synth", *, input_topic: str | None = None, epochs: int = 8, **extra: Any) -> Topology:
-    """A topology for the synthetic server-metrics stream, cheap to train."""
+    """A topology for the synthetic server-metrics stream, cheap to train (one VAE unless ``model`` says
+    ``ensemble``)."""
     data: dict[str, Any] = {
         "name": name,
         "input_topic": input_topic or f"records.{name}",
@@ -26,6 +27,7 @@ def synth_topology(name: str = "synth", *, input_topic: str | None = None, epoch
         "calibration": {"fpr": 0.002},
         **extra,
     }
+    data["model"] = {"ensemble": 1, **data["model"]}
     return parse_topology(data, source="<testing>")
 
 

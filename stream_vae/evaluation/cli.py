@@ -59,6 +59,9 @@ ScoreQOpt = Annotated[
     typer.Option("--score-quantile", min=0.0, max=0.999, help="robust score: per-feature scale quantile (0 = off)"),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the model and the baselines")]
+RateCapOpt = Annotated[
+    float | None, typer.Option("--rate-cap", min=0.0, help="threshold floor: recent (1 - cap x fpr) quantile (0 = off)")
+]
 EnsembleOpt = Annotated[int | None, typer.Option("--ensemble", min=1, max=16, help="VAEs scored together")]
 
 
@@ -70,13 +73,14 @@ def _settings(
     base: EvalSettings, *, window: int | None, epochs: int | None, max_train_rows: int | None, threads: int,
     baselines: str | None, fpr: float | None, smoothing: int | None, half_life: int | None, adapt: str | None,
     score: str | None, seed: int, score_quantile: float | None = None, ensemble: int | None = None,
+    rate_cap: float | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
     changes: dict[str, Any] = {"threads": threads, "seed": seed}
     for key, value in (("window", window), ("epochs", epochs), ("max_train_rows", max_train_rows), ("fpr", fpr),
                        ("smoothing", smoothing), ("half_life", half_life), ("score_quantile", score_quantile),
-                       ("ensemble", ensemble)):
+                       ("ensemble", ensemble), ("rate_cap", rate_cap)):
         if value is not None:
             changes[key] = value
     if adapt is not None:
@@ -157,12 +161,14 @@ def smd(
     score: ScoreOpt = None,
     score_quantile: ScoreQOpt = None,
     ensemble: EnsembleOpt = None,
+    rate_cap: RateCapOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Server Machine Dataset: train per machine on its train split, stream its test split."""
     s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
-                  seed=seed, score_quantile=score_quantile, ensemble=ensemble)
+                  seed=seed, score_quantile=score_quantile, ensemble=ensemble,
+                  rate_cap=rate_cap)
     _run_smd_like("smd", data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
 
@@ -186,12 +192,14 @@ def asd(
     score: ScoreOpt = None,
     score_quantile: ScoreQOpt = None,
     ensemble: EnsembleOpt = None,
+    rate_cap: RateCapOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Application Server Dataset: same protocol as smd; slices per anomaly type."""
     s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
-                  seed=seed, score_quantile=score_quantile, ensemble=ensemble)
+                  seed=seed, score_quantile=score_quantile, ensemble=ensemble,
+                  rate_cap=rate_cap)
     _run_smd_like("asd", data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
 
@@ -226,6 +234,7 @@ def nab(
     score: ScoreOpt = None,
     score_quantile: ScoreQOpt = None,
     ensemble: EnsembleOpt = None,
+    rate_cap: RateCapOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
@@ -233,7 +242,8 @@ def nab(
 
     s = _settings(NAB_DEFAULTS, window=window, epochs=epochs, max_train_rows=None, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
-                  seed=seed, score_quantile=score_quantile, ensemble=ensemble)
+                  seed=seed, score_quantile=score_quantile, ensemble=ensemble,
+                  rate_cap=rate_cap)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

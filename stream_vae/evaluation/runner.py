@@ -100,9 +100,9 @@ class EvalSettings:
         ``ModelSpec.score``: ``"robust"`` (sum of log(1 + contribution / scale)) or ``"gaussian"`` (NLL).
     score_quantile
         ``ModelSpec.score_quantile``: the held-out quantile that sets each feature's scale (0 = none).
-    smoothing, fpr, adapt, half_life
+    smoothing, fpr, adapt, half_life, rate_cap
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
-        adaptation and its half-life (records).
+        adaptation, its half-life (records) and the flag-rate cap (multiple of the budget).
     epochs, latent_dim, hidden, seed, ensemble
         ``ModelSpec`` fields (``ensemble``: members trained with seeds ``seed``, ``seed + 1``, ...).
     max_train_rows
@@ -125,11 +125,12 @@ class EvalSettings:
     fpr: float = 0.005
     adapt: Literal["off", "track"] = "track"
     half_life: int = 2000
+    rate_cap: float = 5.0
     epochs: int = 40
     latent_dim: int = 4
     hidden: tuple[int, ...] = (64, 32)
     seed: int = 0
-    ensemble: int = 1
+    ensemble: int = 3
     max_train_rows: int | None = None
     batch_size: int = 1000
     baselines: tuple[str, ...] = ("hst", "pca", "iforest", "random")
@@ -193,6 +194,7 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "smoothing": settings.smoothing,
                 "adapt": settings.adapt,
                 "half_life": settings.half_life,
+                "rate_cap": settings.rate_cap,
             },
         },
         source="<eval>",
@@ -270,7 +272,7 @@ def _tracked(
     smooth = ScoreSmoother(settings.smoothing)
     ref = smooth.transform(ref_scores, ["r"] * len(ref_scores))
     cal = Calibrator(fpr=settings.fpr, smoothing=settings.smoothing, adapt=settings.adapt,
-                     half_life=settings.half_life).infer_threshold(ref)
+                     half_life=settings.half_life, rate_cap=settings.rate_cap).infer_threshold(ref)
     tracker = ThresholdTracker(cal)
     smooth = ScoreSmoother(settings.smoothing)
     thr = np.empty(len(test_scores))

@@ -71,9 +71,11 @@ def test_calibrator_round_trip_keeps_online_settings_and_reads_old_manifests() -
     cal = Calibrator(fpr=0.01, smoothing=3, adapt="track", half_life=500).infer_threshold(ref)
     again = Calibrator.from_dict(cal.to_dict())
     assert (again.smoothing, again.adapt, again.half_life) == (3, "track", 500)
-    old = {k: v for k, v in cal.to_dict().items() if k not in ("smoothing", "adapt", "half_life")}
+    old = {k: v for k, v in cal.to_dict().items() if k not in ("smoothing", "adapt", "half_life", "rate_cap")}
     legacy = Calibrator.from_dict(old)
-    assert (legacy.smoothing, legacy.adapt) == (1, "off")
+    assert (legacy.smoothing, legacy.adapt, legacy.rate_cap) == (1, "off", 0.0)
+    capped = Calibrator(fpr=0.01, adapt="track", rate_cap=5.0).infer_threshold(ref)
+    assert Calibrator.from_dict(capped.to_dict()).rate_cap == 5.0
 
 
 # --- ScoreSmoother ------------------------------------------------------------------------------
@@ -170,6 +172,24 @@ def test_tracked_threshold_is_not_pulled_up_by_a_short_burst() -> None:
     # below the burst's level, so the burst stays flagged
     longer = _stream(tr, 6.0 + rng.normal(size=300), batch=50)
     assert longer.mean() > 0.8 and tr.thresholds(["e"])[0] < 6.0
+
+
+def test_rate_cap_keeps_a_heavier_live_tail_near_its_multiple_of_the_budget() -> None:
+    """Live scores with the reference's median and q90 but a Cauchy tail: m + k*s extrapolates the
+    reference's Gaussian tail and flags ~10x the budget; rate_cap=5 floors the threshold at the
+    recent 97.5 % quantile, so ~5x at most. On a stationary stream the floor does not bind."""
+    rng = np.random.default_rng(11)
+    fpr = 0.005
+    ref = rng.normal(size=20_000)
+    live = rng.standard_cauchy(size=60_000) * (1.2816 / 3.0777)  # same median and q90 as N(0, 1)
+    rates = {}
+    for cap in (0.0, 5.0):
+        cal = Calibrator(fpr=fpr, adapt="track", half_life=2000, rate_cap=cap).infer_threshold(ref)
+        rates[cap] = _stream(ThresholdTracker(cal), live)[-40_000:].mean()
+    assert rates[0.0] > 8 * fpr
+    assert 2 * fpr < rates[5.0] < 6 * fpr
+    cal = Calibrator(fpr=fpr, adapt="track", half_life=2000, rate_cap=5.0).infer_threshold(ref)
+    assert abs(_stream(ThresholdTracker(cal), rng.normal(size=200_000)).mean() - fpr) / fpr < 0.25
 
 
 def test_tracker_p_values_follow_the_entity_and_state_round_trips() -> None:
