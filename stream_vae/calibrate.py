@@ -309,7 +309,10 @@ class ThresholdTracker:
     shape, and where the live tail is heavier (a model trained on a few hundred records, a noisy
     series) that flags many times the budget; the floor keeps it to about ``c`` times. Measured on
     NAB (calibrated on the probationary period only) the flag rate fell from 21 % to 10 % and the
-    score rose by ~10 points, with SMD and ASD unchanged at ``c = 5``.
+    score rose by ~10 points, with SMD and ASD unchanged at ``c = 5``. The price: when true
+    anomalies are more than ``c * fpr`` of an entity's recent records the floor rises into them
+    (the demo's stream, 3 % anomalous records for a 0.2 % budget, lost a fifth of its catches),
+    so it is off unless a topology sets it.
 
     The threshold applied to a batch is the one reached before it; the batch's scores update
     the state afterwards (``thresholds`` -> compare -> ``update``).

@@ -89,8 +89,9 @@ class CalibrationSpec(_Strict):
         default=2000, ge=10, le=10_000_000, description="records of an entity after which its past weighs half"
     )
     rate_cap: float = Field(
-        default=5.0, ge=0, description="adapt=track: the threshold never drops below the entity's recent "
-        "(1 - rate_cap x fpr) score quantile, so it cannot flag much more than rate_cap x the budget (0 = off)",
+        default=0.0, ge=0, description="adapt=track: never let the threshold drop below the entity's recent "
+        "(1 - rate_cap x fpr) score quantile, i.e. flag at most ~rate_cap x the budget; for models calibrated "
+        "on little data (hundreds of records). It also caps recall when anomalies exceed that rate. 0 = off",
     )
 
 

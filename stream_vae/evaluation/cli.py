@@ -31,8 +31,9 @@ eval_app = typer.Typer(
 
 SMD_DEFAULTS = EvalSettings()
 """SMD and ASD: windows of 5 records, robust score, fpr 0.005, tracked threshold (half-life 2000)."""
-NAB_DEFAULTS = EvalSettings(window=64, center_windows=True, smoothing=10)
-"""NAB: univariate, non-stationary series: long windows, centred (shape, not level), smoothed scores."""
+NAB_DEFAULTS = EvalSettings(window=64, center_windows=True, smoothing=10, rate_cap=5.0)
+"""NAB: univariate, non-stationary series, calibrated on a few hundred records: long windows, centred
+(shape, not level), smoothed scores, flag rate capped at 5x the budget."""
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="dataset folder with the layout of shared/data/<dataset>", show_default=False)

@@ -125,7 +125,7 @@ class EvalSettings:
     fpr: float = 0.005
     adapt: Literal["off", "track"] = "track"
     half_life: int = 2000
-    rate_cap: float = 5.0
+    rate_cap: float = 0.0
     epochs: int = 40
     latent_dim: int = 4
     hidden: tuple[int, ...] = (64, 32)

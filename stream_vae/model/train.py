@@ -121,7 +121,8 @@ def train_model(
     entities
         Entity key per row; windows never cross entities.
     max_seconds
-        Stop training early after this long (the best epoch so far is kept).
+        Stop training early after this long (the best epoch so far is kept); an ensemble gives each
+        member an equal share and keeps the members that finished in time.
     """
     spec = topology.model
     if X.ndim != 2 or X.shape[1] != len(topology.features):
@@ -140,10 +141,13 @@ def train_model(
     n_val = max(20, int(len(W) * spec.validation_fraction))
     train_w, val_w = W[:-n_val], W[-n_val:]
     n_features = len(topology.features)
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    t0 = time.monotonic()
     vaes: list[VAE] = []
     history: list[dict[str, float]] = []
     for member in range(spec.ensemble):
+        # max_seconds is shared evenly: member i must finish by t0 + (i + 1) / K of it, so a slow
+        # first member cannot leave a half-trained last one
+        deadline = None if max_seconds is None else t0 + max_seconds * (member + 1) / spec.ensemble
         if vaes and deadline is not None and time.monotonic() > deadline:
             break  # out of time: the members trained so far are the model
         seed = spec.seed + member
