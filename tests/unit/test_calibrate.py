@@ -76,6 +76,9 @@ def test_calibrator_round_trip_keeps_online_settings_and_reads_old_manifests() -
     assert (legacy.smoothing, legacy.adapt, legacy.rate_cap) == (1, "off", 0.0)
     capped = Calibrator(fpr=0.01, adapt="track", rate_cap=5.0).infer_threshold(ref)
     assert Calibrator.from_dict(capped.to_dict()).rate_cap == 5.0
+    from stream_vae.topology import CalibrationSpec
+
+    assert Calibrator.from_spec(CalibrationSpec(rate_cap=5.0)).rate_cap == 5.0  # the topology's setting reaches it
 
 
 # --- ScoreSmoother ------------------------------------------------------------------------------
