@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -142,66 +143,44 @@ def _run_smd_like(
         typer.echo(json.dumps(doc, separators=(",", ":")))
 
 
-@eval_app.command("smd")
-@friendly
-def smd(
-    data_dir: DataDir,
-    *,
-    entity: EntityOpt = None,
-    as_json: JsonOpt = False,
-    plots: PlotsOpt = None,
-    window: WindowOpt = None,
-    epochs: EpochsOpt = None,
-    max_train_rows: RowsOpt = None,
-    threads: ThreadsOpt = 1,
-    baselines: BaselinesOpt = None,
-    fpr: FprOpt = None,
-    smoothing: SmoothOpt = None,
-    half_life: HalfLifeOpt = None,
-    adapt: AdaptOpt = None,
-    score: ScoreOpt = None,
-    score_quantile: ScoreQOpt = None,
-    ensemble: EnsembleOpt = None,
-    rate_cap: RateCapOpt = None,
-    seed: SeedOpt = 0,
-) -> None:
-    """Server Machine Dataset: train per machine on its train split, stream its test split."""
-    s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
-                  baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
-                  seed=seed, score_quantile=score_quantile, ensemble=ensemble,
-                  rate_cap=rate_cap)
-    _run_smd_like("smd", data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
+def _smd_like_command(dataset: str, doc: str) -> Callable[..., None]:
+    """One command body for the SMD-layout datasets (smd, asd): same options, same defaults."""
+
+    def command(
+        data_dir: DataDir,
+        *,
+        entity: EntityOpt = None,
+        as_json: JsonOpt = False,
+        plots: PlotsOpt = None,
+        window: WindowOpt = None,
+        epochs: EpochsOpt = None,
+        max_train_rows: RowsOpt = None,
+        threads: ThreadsOpt = 1,
+        baselines: BaselinesOpt = None,
+        fpr: FprOpt = None,
+        smoothing: SmoothOpt = None,
+        half_life: HalfLifeOpt = None,
+        adapt: AdaptOpt = None,
+        score: ScoreOpt = None,
+        score_quantile: ScoreQOpt = None,
+        ensemble: EnsembleOpt = None,
+        rate_cap: RateCapOpt = None,
+        seed: SeedOpt = 0,
+    ) -> None:
+        s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
+                      baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt,
+                      score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap)
+        _run_smd_like(dataset, data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
+
+    command.__name__ = dataset
+    command.__doc__ = doc
+    return command
 
 
-@eval_app.command("asd")
-@friendly
-def asd(
-    data_dir: DataDir,
-    *,
-    entity: EntityOpt = None,
-    as_json: JsonOpt = False,
-    plots: PlotsOpt = None,
-    window: WindowOpt = None,
-    epochs: EpochsOpt = None,
-    max_train_rows: RowsOpt = None,
-    threads: ThreadsOpt = 1,
-    baselines: BaselinesOpt = None,
-    fpr: FprOpt = None,
-    smoothing: SmoothOpt = None,
-    half_life: HalfLifeOpt = None,
-    adapt: AdaptOpt = None,
-    score: ScoreOpt = None,
-    score_quantile: ScoreQOpt = None,
-    ensemble: EnsembleOpt = None,
-    rate_cap: RateCapOpt = None,
-    seed: SeedOpt = 0,
-) -> None:
-    """Application Server Dataset: same protocol as smd; slices per anomaly type."""
-    s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
-                  baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
-                  seed=seed, score_quantile=score_quantile, ensemble=ensemble,
-                  rate_cap=rate_cap)
-    _run_smd_like("asd", data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
+smd = eval_app.command("smd")(friendly(_smd_like_command(
+    "smd", "Server Machine Dataset: train per machine on its train split, stream its test split.")))
+asd = eval_app.command("asd")(friendly(_smd_like_command(
+    "asd", "Application Server Dataset: same protocol as smd; slices per anomaly type.")))
 
 
 def _table_nab(doc: dict[str, Any]) -> str:
