@@ -246,9 +246,10 @@ class DriftMonitor:
         feats: list[str] = []
         if self._ewm_feat is not None:
             # a contribution is 0.5 z^2 per record and window position: ~0.5 * window when a feature is as
-            # expected; report the features now at least 4x that (|z| >= 2 on average)
+            # expected (the members' mean window in a multi-scale ensemble); report the features now at
+            # least 4x that (|z| >= 2 on average)
             order = np.argsort(-self._ewm_feat)
-            expected = 0.5 * self.topology.window
+            expected = 0.5 * float(np.mean(self.topology.member_windows))
             feats = [self.topology.feature_names[j] for j in order[:3] if self._ewm_feat[j] >= 4 * expected]
         out = []
         for test in ("multivariate", "latent", "score"):

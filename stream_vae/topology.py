@@ -61,6 +61,12 @@ class ModelSpec(_Strict):
         description="VAEs trained with seeds seed, seed+1, ...; scored together (mean score and contributions): "
         "3 scored as well as the best of three single seeds on SMD/ASD, for ~6 % of a worker's throughput",
     )
+    member_windows: tuple[int, ...] = Field(
+        default=(),
+        description="one window per ensemble member: member i sees the last member_windows[i] records of the "
+        "entity's window (a multi-scale ensemble; the topology's window must hold the longest). Empty = every "
+        "member sees the whole window",
+    )
     center_windows: bool = Field(
         default=False, description="subtract each feature's mean over the window: model shape, not level"
     )
@@ -74,6 +80,17 @@ class ModelSpec(_Strict):
         description="robust score: divide each feature's contribution by this quantile of its contributions on "
         "held-out training data (0 = off; 0.99 ranks better on SMD/ASD but thresholds worse, see benchmarks)",
     )
+
+    @model_validator(mode="after")
+    def _member_windows(self) -> ModelSpec:
+        if self.member_windows and len(self.member_windows) != self.ensemble:
+            raise ValueError(
+                f"member_windows has {len(self.member_windows)} entries for an ensemble of {self.ensemble}: "
+                "give one window per member (or set ensemble to match)"
+            )
+        if any(w < 1 for w in self.member_windows):
+            raise ValueError(f"member_windows must all be >= 1, got {list(self.member_windows)}")
+        return self
 
 
 class CalibrationSpec(_Strict):
@@ -213,9 +230,24 @@ class Topology(_Strict):
             raise ValueError(f"key/timestamp field also listed as a feature: {sorted(x for x in reserved if x)}")
         return self
 
+    @model_validator(mode="after")
+    def _longest_member_fits(self) -> Topology:
+        longest = max(self.model.member_windows, default=0)
+        if longest > self.window:
+            raise ValueError(
+                f"window is {self.window} but model.member_windows asks for {longest} records: set window to "
+                f"at least {longest} (the windower keeps the longest member's window)"
+            )
+        return self
+
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @property
+    def member_windows(self) -> tuple[int, ...]:
+        """Records each ensemble member sees (the last ones of the entity's window)."""
+        return self.model.member_windows or (self.window,) * self.model.ensemble
 
     @property
     def consumer_group(self) -> str:

@@ -63,12 +63,16 @@ def evaluate(topology: Topology, model: LoadedModel, X: FloatArray, keys: list[s
     out = replay(topology, model, X, keys)
     if out.result is None:
         raise ValueError("no valid record to validate on")
-    vae = model.scorer.vae
-    lv = vae.out_log_variance().detach().double().numpy()
-    std = np.asarray(model.scaler.to_dict()["std"])
+    log_std = np.log(np.asarray(model.scaler.to_dict()["std"]))
     # Gaussian NLL of the model input = data term (the contributions) + 0.5 * sum(log 2 pi + log var),
-    # plus the log-Jacobian of the scaling: the density of the raw values
-    const = 0.5 * float(np.sum(np.log(2 * np.pi) + lv)) + model.window * float(np.log(std).sum())
+    # plus the log-Jacobian of the scaling: the density of the raw values. The contributions are the
+    # members' mean, so the constant is too (members may see windows of different lengths).
+    consts = []
+    for vae in model.scorer.members:
+        lv = vae.out_log_variance().detach().double().numpy()
+        records = vae.n_in // len(log_std)
+        consts.append(0.5 * float(np.sum(np.log(2 * np.pi) + lv)) + records * float(log_std.sum()))
+    const = float(np.mean(consts))
     nll_raw = float(out.result.contributions.sum(axis=1).mean()) + const
     return Validation(float(out.is_anomaly.mean()), nll_raw)
 

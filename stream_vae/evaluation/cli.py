@@ -65,6 +65,11 @@ RateCapOpt = Annotated[
     float | None, typer.Option("--rate-cap", min=0.0, help="threshold floor: recent (1 - cap x fpr) quantile (0 = off)")
 ]
 EnsembleOpt = Annotated[int | None, typer.Option("--ensemble", min=1, max=16, help="VAEs scored together")]
+MemberWindowsOpt = Annotated[
+    str | None,
+    typer.Option("--member-windows", help="one window per ensemble member, comma-separated (e.g. 1,5,10): a "
+                 "multi-scale ensemble; sets --ensemble to their count and, unless given, --window to the longest"),
+]
 
 
 def _progress(msg: str) -> None:
@@ -75,7 +80,7 @@ def _settings(
     base: EvalSettings, *, window: int | None, epochs: int | None, max_train_rows: int | None, threads: int,
     baselines: str | None, fpr: float | None, smoothing: int | None, half_life: int | None, adapt: str | None,
     score: str | None, seed: int, score_quantile: float | None = None, ensemble: int | None = None,
-    rate_cap: float | None = None,
+    rate_cap: float | None = None, member_windows: str | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
@@ -85,6 +90,15 @@ def _settings(
                        ("ensemble", ensemble), ("rate_cap", rate_cap)):
         if value is not None:
             changes[key] = value
+    if member_windows is not None:
+        try:
+            ws = tuple(int(w) for w in member_windows.split(",") if w.strip())
+        except ValueError:
+            raise ConfigError(f"--member-windows takes comma-separated integers, got {member_windows!r}") from None
+        if not ws or min(ws) < 1 or max(ws) > 256:
+            raise ConfigError(f"--member-windows needs windows between 1 and 256, got {member_windows!r}")
+        changes.update(member_windows=ws, ensemble=len(ws))
+        changes.setdefault("window", max(ws))
     if adapt is not None:
         if adapt not in ("track", "off"):
             raise ConfigError(f"--adapt must be 'track' or 'off', got {adapt!r}")
@@ -164,12 +178,14 @@ def _smd_like_command(dataset: str, doc: str) -> Callable[..., None]:
         score: ScoreOpt = None,
         score_quantile: ScoreQOpt = None,
         ensemble: EnsembleOpt = None,
+        member_windows: MemberWindowsOpt = None,
         rate_cap: RateCapOpt = None,
         seed: SeedOpt = 0,
     ) -> None:
         s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                       baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt,
-                      score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap)
+                      score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap,
+                      member_windows=member_windows)
         _run_smd_like(dataset, data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
     command.__name__ = dataset
@@ -214,6 +230,7 @@ def nab(
     score: ScoreOpt = None,
     score_quantile: ScoreQOpt = None,
     ensemble: EnsembleOpt = None,
+    member_windows: MemberWindowsOpt = None,
     rate_cap: RateCapOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
@@ -223,7 +240,7 @@ def nab(
     s = _settings(NAB_DEFAULTS, window=window, epochs=epochs, max_train_rows=None, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
                   seed=seed, score_quantile=score_quantile, ensemble=ensemble,
-                  rate_cap=rate_cap)
+                  rate_cap=rate_cap, member_windows=member_windows)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

@@ -103,8 +103,9 @@ class EvalSettings:
     smoothing, fpr, adapt, half_life, rate_cap
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
         adaptation, its half-life (records) and the flag-rate cap (multiple of the budget).
-    epochs, latent_dim, hidden, seed, ensemble
-        ``ModelSpec`` fields (``ensemble``: members trained with seeds ``seed``, ``seed + 1``, ...).
+    epochs, latent_dim, hidden, seed, ensemble, member_windows
+        ``ModelSpec`` fields (``ensemble``: members trained with seeds ``seed``, ``seed + 1``, ...;
+        ``member_windows``: one window per member, each at most ``window``; empty = all see ``window``).
     max_train_rows
         Train on at most this many (the most recent) training rows; None = all.
     batch_size
@@ -131,6 +132,7 @@ class EvalSettings:
     hidden: tuple[int, ...] = (64, 32)
     seed: int = 0
     ensemble: int = 3
+    member_windows: tuple[int, ...] = ()
     max_train_rows: int | None = None
     batch_size: int = 1000
     baselines: tuple[str, ...] = ("hst", "pca", "iforest", "random")
@@ -185,6 +187,7 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "hidden": list(settings.hidden),
                 "seed": settings.seed,
                 "ensemble": settings.ensemble,
+                "member_windows": list(settings.member_windows),
                 "score": settings.score,
                 "score_quantile": settings.score_quantile,
                 "center_windows": settings.center_windows,

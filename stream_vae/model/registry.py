@@ -84,6 +84,7 @@ def to_artifact(model: TrainedModel, version: str, *, signing_key: bytes | None 
             "hidden": list(model.vae.hidden),
             "latent_dim": model.vae.latent_dim,
             "members": len(members(model.vae)),
+            "member_n_in": [v.n_in for v in members(model.vae)],  # members may see different windows
         },
         "scaler": model.scaler.to_dict(),
         "calibration": model.calibrator.to_dict(),
@@ -120,9 +121,10 @@ def load_artifact(art: Artifact, *, signing_key: bytes | None = None, topology: 
             f"{list(topology.feature_names)}; retrain with `stream-vae train`"
         )
     a = m["architecture"]
-    n_in, hidden, latent = int(a["n_in"]), tuple(a["hidden"]), int(a["latent_dim"])
-    vaes = [VAE(n_in, hidden=hidden, latent_dim=latent, n_features=len(m["features"]))
-            for _ in range(int(a.get("members", 1)))]  # artifacts before ensembles: one member
+    hidden, latent = tuple(a["hidden"]), int(a["latent_dim"])
+    # artifacts before ensembles have one member; before member windows, every member has n_in inputs
+    n_ins = a.get("member_n_in") or [a["n_in"]] * int(a.get("members", 1))
+    vaes = [VAE(int(n), hidden=hidden, latent_dim=latent, n_features=len(m["features"])) for n in n_ins]
     vae: AnyVAE = vaes[0] if len(vaes) == 1 else VAEEnsemble(vaes)
     try:
         vae.load_state_dict(load(art.weights))

@@ -27,7 +27,9 @@ class VAEScorer:
       drown what many features say together. The ``contributions`` returned stay unscaled.
 
     An ensemble (:class:`~stream_vae.model.vae.VAEEnsemble`) scores with each member and returns
-    the mean score and mean contributions; ``latent_mu``/``kl`` are the first member's.
+    the mean score and mean contributions; ``latent_mu``/``kl`` are the first member's. Rows hold
+    the longest member's window; a member with ``n_in`` inputs reads the last ``n_in`` of them
+    (``ModelSpec.member_windows``).
     """
 
     def __init__(self, vae: AnyVAE, *, n_features: int, model_version: str) -> None:
@@ -41,14 +43,15 @@ class VAEScorer:
         x = torch.as_tensor(X, dtype=torch.float32)
         scores, per_features = [], []
         for i, vae in enumerate(self.members):  # an ensemble: the mean of its members
-            mu_i, logvar_i = vae.encode(x)
+            xi = x[:, -vae.n_in :]  # a member with a shorter window reads the last records of the row
+            mu_i, logvar_i = vae.encode(xi)
             x_hat = vae.decode(mu_i)
-            z2 = 0.5 * (x - x_hat) ** 2 * torch.exp(-vae.out_log_variance())
+            z2 = 0.5 * (xi - x_hat) ** 2 * torch.exp(-vae.out_log_variance())
             per_feature = z2.reshape(len(X), -1, self.n_features).sum(dim=1)
             if vae.score_kind == "robust":
                 scores.append(torch.log1p(per_feature / vae.get_buffer("score_scale")).sum(dim=1))
             else:
-                scores.append(vae.nll_per_feature(x, x_hat).sum(dim=1))
+                scores.append(vae.nll_per_feature(xi, x_hat).sum(dim=1))
             per_features.append(per_feature)
             if i == 0:  # the drift monitor follows the first member's latent space
                 mu, logvar = mu_i, logvar_i

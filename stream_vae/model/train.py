@@ -141,6 +141,7 @@ def train_model(
     n_val = max(20, int(len(W) * spec.validation_fraction))
     train_w, val_w = W[:-n_val], W[-n_val:]
     n_features = len(topology.features)
+    windows = topology.member_windows
     t0 = time.monotonic()
     vaes: list[VAE] = []
     history: list[dict[str, float]] = []
@@ -152,13 +153,16 @@ def train_model(
             break  # out of time: the members trained so far are the model
         seed = spec.seed + member
         torch.manual_seed(seed)  # member 0 is exactly the single model of this seed
-        vae = VAE(W.shape[1], hidden=spec.hidden, latent_dim=spec.latent_dim, score=spec.score, n_features=n_features)
-        _fit(vae, train_w, val_w, spec, rng=np.random.default_rng(seed), history=history, member=member,
-             progress=progress, deadline=deadline)
+        # A member with a shorter window sees the last records of the longest one (make_windows pads
+        # the start the same way, so this is exactly that member's own windowing).
+        cols = windows[member] * n_features
+        vae = VAE(cols, hidden=spec.hidden, latent_dim=spec.latent_dim, score=spec.score, n_features=n_features)
+        _fit(vae, train_w[:, -cols:], val_w[:, -cols:], spec, rng=np.random.default_rng(seed), history=history,
+             member=member, progress=progress, deadline=deadline)
         if spec.score == "robust" and spec.score_quantile > 0:
             # Each feature's unit in the robust score: its own extreme (not typical) held-out contribution.
             scorer = VAEScorer(vae, n_features=n_features, model_version="-")
-            c = scorer.score_many(val_w.astype(np.float64)).contributions
+            c = scorer.score_many(val_w[:, -cols:].astype(np.float64)).contributions
             q = np.quantile(c, spec.score_quantile, axis=0)
             vae.get_buffer("score_scale").copy_(torch.from_numpy(np.maximum(q, 1e-6)))
         vaes.append(vae)

@@ -130,10 +130,6 @@ class VAEEnsemble(nn.Module):
     def vaes(self) -> list[VAE]:
         return [m for m in self.members if isinstance(m, VAE)]
 
-    def out_log_variance(self) -> Tensor:
-        """The members' mean log-variance (the scale of the averaged contributions)."""
-        return torch.stack([m.out_log_variance() for m in self.vaes()]).mean(0)
-
 
 AnyVAE = VAE | VAEEnsemble
 

@@ -54,10 +54,12 @@ def test_asd_and_nab_commands_print_their_objects(app: typer.Typer, tmp_path: Pa
         "score_quantile": 0.99, "ensemble": 2, "rate_cap": 5.0}
     nab = write_toy_nab(tmp_path / "nab")
     res = CliRunner().invoke(app, ["eval", "nab", "--data-dir", str(nab), "--json", "--baselines", "random",
-                                   "--epochs", "3", "--window", "8", "--smoothing", "3"])
+                                   "--epochs", "3", "--member-windows", "4,8", "--smoothing", "3"])
     assert res.exit_code == 0, res.output
     doc = _last_json(res.stdout)
     assert {"score_standard", "score_low_fp", "score_low_fn", "per_file", "baselines"} <= set(doc)
+    assert {k: doc["settings"][k] for k in ("member_windows", "ensemble", "window")} == {  # type: ignore[index]
+        "member_windows": [4, 8], "ensemble": 2, "window": 8}
 
 
 @pytest.mark.parametrize(
@@ -67,6 +69,8 @@ def test_asd_and_nab_commands_print_their_objects(app: typer.Typer, tmp_path: Pa
         (["eval", "smd", "--data-dir", "{smd}", "--baselines", "pca,nope"], "unknown baseline"),
         (["eval", "smd", "--data-dir", "{smd}", "--entity", "missing-entity"], "missing-entity"),
         (["eval", "nab", "--data-dir", "{smd}"], "expected layout"),
+        (["eval", "smd", "--data-dir", "{smd}", "--member-windows", "1,x"], "comma-separated integers"),
+        (["eval", "smd", "--data-dir", "{smd}", "--member-windows", "1,10", "--window", "5"], "at least 10"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(app: typer.Typer, tmp_path: Path, args: list[str], message: str) -> None:

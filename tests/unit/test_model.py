@@ -184,7 +184,7 @@ def test_ensemble_survives_the_artifact_and_old_manifests_load_one_member() -> N
     single = quick_model(_ensemble_topology(1), steps=300)
     old = to_artifact(single, "v-old")
     manifest = {**old.manifest, "architecture": {k: v for k, v in old.manifest["architecture"].items()
-                                                 if k != "members"}}
+                                                 if k not in ("members", "member_n_in")}}
     lm_old = load_artifact(Artifact(manifest, old.weights), topology=single.topology)
     assert isinstance(lm_old.scorer.vae, VAE)
 
@@ -197,3 +197,33 @@ def test_ensemble_stops_adding_members_when_out_of_time() -> None:
     m = train_model(tr.X, _ensemble_topology(3), entities=tr.entities, max_seconds=0.0)
     assert isinstance(m.vae, VAE)
     assert {h["member"] for h in m.history} == {0}
+
+
+def test_multiscale_members_read_the_last_records_of_the_longest_window() -> None:
+    """member_windows (1, 4) with window 4: member 0 is a one-record VAE scoring the last record of each
+    row, member 1 the whole row; the artifact keeps each member's size; the worker's check of a
+    candidate (trainer.evaluate) handles members of different sizes."""
+    from stream_vae.model.registry import load_artifact, to_artifact
+    from stream_vae.model.vae import VAEEnsemble
+    from stream_vae.preprocess import make_windows
+    from stream_vae.trainer import evaluate
+
+    topo = synth_topology(window=4, model={"latent_dim": 3, "hidden": [16, 8], "epochs": 3, "kl_warmup_epochs": 1,
+                                           "ensemble": 2, "member_windows": [1, 4]})
+    assert topo.member_windows == (1, 4)
+    m = quick_model(topo, steps=300)
+    d = len(topo.features)
+    assert isinstance(m.vae, VAEEnsemble) and [v.n_in for v in m.vae.vaes()] == [d, 4 * d]
+    s = generate(n_steps=30, t0=300, seed=3)
+    X = m.scaler.transform(make_windows(s.X, 4))
+    res = m.scorer().score_many(X)
+    short = VAEScorer(m.vae.vaes()[0], n_features=d, model_version="m").score_many(X[:, -d:])
+    long = VAEScorer(m.vae.vaes()[1], n_features=d, model_version="m").score_many(X)
+    np.testing.assert_allclose(res.score, (short.score + long.score) / 2, rtol=1e-5)
+    np.testing.assert_allclose(res.contributions, (short.contributions + long.contributions) / 2, rtol=1e-5)
+    art = to_artifact(m, "v-ms")
+    assert art.manifest["architecture"]["member_n_in"] == [d, 4 * d]
+    lm = load_artifact(art, topology=topo)
+    np.testing.assert_allclose(lm.scorer.score_many(X).score, res.score, rtol=1e-6)
+    v = evaluate(topo, lm, s.X, list(s.entities))
+    assert np.isfinite(v.nll_raw) and 0.0 <= v.alert_rate <= 1.0

@@ -37,6 +37,8 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
         ({"features": [{"name": "a"}, {"name": "a"}]}, "<root>"),
         ({"features": [{"name": "a", "min": 2, "max": 1}]}, "features.0"),
         ({"window": 0}, "window"),
+        ({"model": {"ensemble": 3, "member_windows": [1, 5]}}, "model"),
+        ({"window": 5, "model": {"ensemble": 2, "member_windows": [1, 10]}}, "<root>"),
     ],
 )
 def test_bad_values_are_rejected(patch: dict[str, object], field: str) -> None:
