@@ -134,7 +134,11 @@ def train_model(
     if not np.all(np.isfinite(X)):
         raise ConfigError("training data contains NaN or infinite values; clean or impute them first")
     scaler = Scaler(center_windows=spec.center_windows).fit(X)
-    W64, keys = _windows_and_keys(scaler.transform(X), entities, topology.window)
+    # Window first, then scale: exactly what the pipeline does (Windower, then Scaler.transform of
+    # the windowed row), so a per-window step such as center_windows is the same in training and
+    # serving. (Until session 3 training scaled single records, so centring never reached training.)
+    W64, keys = _windows_and_keys(X, entities, topology.window)
+    W64 = scaler.transform(W64)
     W = W64.astype(np.float32)
     # Hold out the most recent rows for early stopping and calibration: later data is what the
     # model will meet next, so it gives the more honest threshold.
