@@ -41,7 +41,9 @@ class AlertBuilder:
         threshold: float,
         calibration_id: str,
         drift_episode: str | None = None,
+        outside: np.ndarray | None = None,  # type: ignore[type-arg]
     ) -> list[Alert]:
+        """One alert per flagged row; ``outside[i, j]``: feature j of row i left its range (RangeTracker)."""
         spec = self.topology.alerts
         fpr = self.topology.calibration.fpr
         k = min(spec.top_features, len(self._names))
@@ -77,6 +79,7 @@ class AlertBuilder:
                     model_version=result.model_version,
                     calibration_id=calibration_id,
                     drift_episode=drift_episode,
+                    beyond_range=[] if outside is None else [self._names[j] for j in np.flatnonzero(outside[i])],
                 )
             )
         return out

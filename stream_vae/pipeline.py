@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from stream_vae.alerts import AlertBuilder
-from stream_vae.calibrate import ScoreSmoother, ThresholdTracker
+from stream_vae.calibrate import RangeTracker, ScoreSmoother, ThresholdTracker
 from stream_vae.model.registry import LoadedModel
 from stream_vae.preprocess import Windower
 from stream_vae.records import Alert, BatchOutcome, RawRecord
@@ -28,11 +28,12 @@ class _Active:
     model: LoadedModel
     smoother: ScoreSmoother
     tracker: ThresholdTracker
+    ranges: RangeTracker
 
 
 def _active(model: LoadedModel) -> _Active:
     cal = model.calibrator
-    return _Active(model, ScoreSmoother(cal.smoothing), ThresholdTracker(cal))
+    return _Active(model, ScoreSmoother(cal.smoothing), ThresholdTracker(cal), RangeTracker(cal))
 
 
 class Pipeline:
@@ -41,8 +42,10 @@ class Pipeline:
     Per record, in arrival order: validate, window per entity, scale, score (one torch call per
     batch), smooth the score over the entity's last ``calibration.smoothing`` records, compare
     with the entity's threshold (the calibrated one, moved by the label-free
-    :class:`~stream_vae.calibrate.ThresholdTracker` when ``calibration.adapt == "track"``), then
-    build alerts. ``BatchOutcome.result.score`` is the smoothed score the threshold was applied
+    :class:`~stream_vae.calibrate.ThresholdTracker` when ``calibration.adapt == "track"``); with
+    ``calibration.range_tolerance`` set, a record whose raw feature leaves its entity's range so far
+    (:class:`~stream_vae.calibrate.RangeTracker`) is flagged too, and its alert names the features
+    (``beyond_range``); then build alerts. ``BatchOutcome.result.score`` is the smoothed score the threshold was applied
     to; every alert carries its own threshold. The threshold used for a batch is the one reached
     before it: a batch's scores move it for the next one.
 
@@ -83,6 +86,7 @@ class Pipeline:
             "windower": self.windower.snapshot(),
             "smoother": act.smoother.snapshot(),
             "tracker": act.tracker.snapshot(),
+            "ranges": act.ranges.snapshot(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -92,6 +96,7 @@ class Pipeline:
         if state.get("model_version") == act.model.version:
             act.smoother.restore(state.get("smoother", {}))
             act.tracker.restore(state.get("tracker", {}))
+            act.ranges.restore(state.get("ranges", {}))
 
     def process_batch(self, records: Sequence[RawRecord], *, drift_episode: str | None = None) -> BatchOutcome:
         act = self._active  # read once: a concurrent swap affects the next batch, not this one
@@ -106,7 +111,9 @@ class Pipeline:
         if score is not result.score:
             result = dataclasses.replace(result, score=score)
         thresholds = act.tracker.thresholds(keys)
-        flagged = score > thresholds
+        outside = act.ranges.outside(batch.X, keys)  # all False unless calibration.range_tolerance > 0
+        beyond = np.any(outside, axis=1, keepdims=False).astype(bool)
+        flagged = (score > thresholds) | beyond  # a feature beyond its range so far: flagged whatever the score
         p_all = np.ones(len(batch))
         idx = np.flatnonzero(flagged)
         if len(idx):
@@ -118,10 +125,12 @@ class Pipeline:
             built = self.alerts.build(
                 batch, result, mask, p_all,
                 threshold=float(thr), calibration_id=model.calibration_id, drift_episode=drift_episode,
+                outside=outside if act.ranges.active else None,
             )
             alerts.extend(zip(np.flatnonzero(mask).tolist(), built, strict=True))
         alerts.sort(key=lambda pair: pair[0])
         return BatchOutcome(
             batch.records, [a for _, a in alerts], rejected, result, float(thresholds[-1]), model.version, flagged,
             batch=batch,  # the reservoir keeps the raw features of records the model did not flag
+            beyond_range=beyond,
         )

@@ -77,6 +77,7 @@ class Alert:
     model_version: str
     calibration_id: str
     drift_episode: str | None = None
+    beyond_range: list[str] = field(default_factory=list)  # features that left the entity's range (if any)
     id: str = ""
     time: str = ""
 
@@ -96,6 +97,7 @@ class Alert:
             "model_version": self.model_version,
             "calibration_id": self.calibration_id,
             "drift_episode": self.drift_episode,
+            "beyond_range": self.beyond_range,
         }
 
     def to_event(self) -> dict[str, Any]:
@@ -116,6 +118,8 @@ class BatchOutcome:
     model_version: str
     is_anomaly: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     batch: ValidBatch | None = None  # the validated input (raw features, keys): the reservoir keeps it
+    # records flagged because a feature left the entity's range (calibration.range_tolerance), whatever the score
+    beyond_range: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 def envelope(type_: str, *, source: str, data: dict[str, Any], id: str = "", time: str = "") -> dict[str, Any]:

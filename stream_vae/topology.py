@@ -110,6 +110,11 @@ class CalibrationSpec(_Strict):
         "(1 - rate_cap x fpr) score quantile, i.e. flag at most ~rate_cap x the budget; for models calibrated "
         "on little data (hundreds of records). It also caps recall when anomalies exceed that rate. 0 = off",
     )
+    range_tolerance: float = Field(
+        default=0.0, ge=0, description="also flag a record when a feature leaves its entity's range so far "
+        "(training data, then every record seen) by more than range_tolerance x that range, whatever the score "
+        "(HTM's 'spatial anomaly' rule; 0.05 on NAB). 0 = off",
+    )
 
 
 DriftTest = Literal["score", "latent", "multivariate"]

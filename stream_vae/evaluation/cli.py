@@ -32,9 +32,9 @@ eval_app = typer.Typer(
 
 SMD_DEFAULTS = EvalSettings()
 """SMD and ASD: windows of 5 records, robust score, fpr 0.005, tracked threshold (half-life 2000)."""
-NAB_DEFAULTS = EvalSettings(window=64, center_windows=True, smoothing=10, rate_cap=5.0)
-"""NAB: univariate, non-stationary series, calibrated on a few hundred records: long windows, centred
-(shape, not level), smoothed scores, flag rate capped at 5x the budget."""
+NAB_DEFAULTS = EvalSettings(window=64, smoothing=10, rate_cap=5.0, range_tolerance=0.05)
+"""NAB: univariate, non-stationary series, calibrated on a few hundred records: long windows, smoothed
+scores, flag rate capped at 5x the budget, and HTM's range rule (a value 5 % beyond the range so far)."""
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="dataset folder with the layout of shared/data/<dataset>", show_default=False)
@@ -65,6 +65,11 @@ RateCapOpt = Annotated[
     float | None, typer.Option("--rate-cap", min=0.0, help="threshold floor: recent (1 - cap x fpr) quantile (0 = off)")
 ]
 EnsembleOpt = Annotated[int | None, typer.Option("--ensemble", min=1, max=16, help="VAEs scored together")]
+RangeTolOpt = Annotated[
+    float | None,
+    typer.Option("--range-tolerance", min=0.0, help="also flag values beyond the range so far by this fraction of it "
+                 "(0 = off)"),
+]
 MemberWindowsOpt = Annotated[
     str | None,
     typer.Option("--member-windows", help="one window per ensemble member, comma-separated (e.g. 1,5,10): a "
@@ -80,14 +85,14 @@ def _settings(
     base: EvalSettings, *, window: int | None, epochs: int | None, max_train_rows: int | None, threads: int,
     baselines: str | None, fpr: float | None, smoothing: int | None, half_life: int | None, adapt: str | None,
     score: str | None, seed: int, score_quantile: float | None = None, ensemble: int | None = None,
-    rate_cap: float | None = None, member_windows: str | None = None,
+    rate_cap: float | None = None, member_windows: str | None = None, range_tolerance: float | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
     changes: dict[str, Any] = {"threads": threads, "seed": seed}
     for key, value in (("window", window), ("epochs", epochs), ("max_train_rows", max_train_rows), ("fpr", fpr),
                        ("smoothing", smoothing), ("half_life", half_life), ("score_quantile", score_quantile),
-                       ("ensemble", ensemble), ("rate_cap", rate_cap)):
+                       ("ensemble", ensemble), ("rate_cap", rate_cap), ("range_tolerance", range_tolerance)):
         if value is not None:
             changes[key] = value
     if member_windows is not None:
@@ -180,12 +185,13 @@ def _smd_like_command(dataset: str, doc: str) -> Callable[..., None]:
         ensemble: EnsembleOpt = None,
         member_windows: MemberWindowsOpt = None,
         rate_cap: RateCapOpt = None,
+        range_tolerance: RangeTolOpt = None,
         seed: SeedOpt = 0,
     ) -> None:
         s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                       baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt,
                       score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap,
-                      member_windows=member_windows)
+                      member_windows=member_windows, range_tolerance=range_tolerance)
         _run_smd_like(dataset, data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
     command.__name__ = dataset
@@ -232,6 +238,7 @@ def nab(
     ensemble: EnsembleOpt = None,
     member_windows: MemberWindowsOpt = None,
     rate_cap: RateCapOpt = None,
+    range_tolerance: RangeTolOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
@@ -240,7 +247,7 @@ def nab(
     s = _settings(NAB_DEFAULTS, window=window, epochs=epochs, max_train_rows=None, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
                   seed=seed, score_quantile=score_quantile, ensemble=ensemble,
-                  rate_cap=rate_cap, member_windows=member_windows)
+                  rate_cap=rate_cap, member_windows=member_windows, range_tolerance=range_tolerance)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

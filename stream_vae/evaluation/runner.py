@@ -100,9 +100,10 @@ class EvalSettings:
         ``ModelSpec.score``: ``"robust"`` (sum of log(1 + contribution / scale)) or ``"gaussian"`` (NLL).
     score_quantile
         ``ModelSpec.score_quantile``: the held-out quantile that sets each feature's scale (0 = none).
-    smoothing, fpr, adapt, half_life, rate_cap
+    smoothing, fpr, adapt, half_life, rate_cap, range_tolerance
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
-        adaptation, its half-life (records) and the flag-rate cap (multiple of the budget).
+        adaptation, its half-life (records), the flag-rate cap (multiple of the budget) and the
+        range rule's tolerance (0 = off).
     epochs, latent_dim, hidden, seed, ensemble, member_windows
         ``ModelSpec`` fields (``ensemble``: members trained with seeds ``seed``, ``seed + 1``, ...;
         ``member_windows``: one window per member, each at most ``window``; empty = all see ``window``).
@@ -127,6 +128,7 @@ class EvalSettings:
     adapt: Literal["off", "track"] = "track"
     half_life: int = 2000
     rate_cap: float = 0.0
+    range_tolerance: float = 0.0
     epochs: int = 40
     latent_dim: int = 4
     hidden: tuple[int, ...] = (64, 32)
@@ -153,6 +155,7 @@ class StreamTrace:
     seconds_fit: float = 0.0
     seconds_score: float = 0.0
     epochs: int = 0
+    beyond_range: BoolArray | None = None  # flagged by the range rule, whatever the score
 
 
 @dataclass
@@ -198,6 +201,7 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "adapt": settings.adapt,
                 "half_life": settings.half_life,
                 "rate_cap": settings.rate_cap,
+                "range_tolerance": settings.range_tolerance,
             },
         },
         source="<eval>",
@@ -241,6 +245,7 @@ def run_pipeline(train: FloatArray, test: FloatArray, settings: EvalSettings, *,
     n = len(test)
     score, thr = np.empty(n), np.empty(n)
     flagged = np.zeros(n, dtype=bool)
+    beyond = np.zeros(n, dtype=bool)
     contrib = np.empty((n, test.shape[1]))
     records = _records(np.asarray(test, dtype=np.float64), key)
     for lo in range(0, n, settings.batch_size):
@@ -252,12 +257,14 @@ def run_pipeline(train: FloatArray, test: FloatArray, settings: EvalSettings, *,
         score[lo:hi] = out.result.score
         contrib[lo:hi] = out.result.contributions
         flagged[lo:hi] = out.is_anomaly
+        beyond[lo:hi] = out.beyond_range
         thr[lo:hi] = out.threshold
     cal = loaded.calibrator
     return StreamTrace(
         score=score, threshold=thr, flagged=flagged, contributions=contrib,
         base_threshold=cal.threshold, reference_median=float(np.median(cal.reference)),
         seconds_fit=t1 - t0, seconds_score=time.perf_counter() - t1, epochs=len(model.history),
+        beyond_range=beyond,
     )
 
 
@@ -527,9 +534,16 @@ def onsets(flags: BoolArray) -> BoolArray:
 
 
 def _ratio(trace: StreamTrace) -> FloatArray:
-    """Score relative to the online threshold: 1.0 at the threshold, 0 at the reference median."""
+    """Score relative to the online threshold: 1.0 at the threshold, 0 at the reference median.
+
+    Records the range rule flagged are flagged whatever the score: infinite, so at every threshold.
+    """
     c = trace.reference_median
-    return (trace.score - c) / np.maximum(trace.threshold - c, 1e-12)
+    ratio = (trace.score - c) / np.maximum(trace.threshold - c, 1e-12)
+    if trace.beyond_range is not None:
+        ratio = np.where(trace.beyond_range, np.inf, ratio)
+    out: FloatArray = ratio
+    return out
 
 
 def _nab_scores(

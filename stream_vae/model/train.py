@@ -177,6 +177,8 @@ def train_model(
     # The pipeline smooths each entity's scores in arrival order; calibrate on scores smoothed the same way.
     val_scores = ScoreSmoother(cs.smoothing).transform(val_res.score, keys[-n_val:])
     cal.infer_threshold(val_scores)
+    if cs.range_tolerance > 0:
+        cal.set_range(X)
     reference = {
         # The latent and score distribution of held-out normal data: the drift monitor's reference.
         "latent_mu_mean": val_res.latent_mu.mean(0).tolist(),

@@ -210,3 +210,39 @@ def test_tracker_p_values_follow_the_entity_and_state_round_trips() -> None:
     for k in "xyz":
         small.update(np.zeros(3), [k] * 3)
     assert list(small.snapshot()["hist"]) == ["y", "z"]
+
+
+def test_range_rule_fires_once_per_new_extreme_per_entity_and_feature() -> None:
+    """A value beyond the range so far by more than tol x range is outside; the range then includes it,
+    so a new level fires once. It starts at the training range; entities and features are separate."""
+    from stream_vae.calibrate import RangeTracker
+
+    cal = Calibrator(range_tolerance=0.1).set_range(np.array([[0.0, 0.0], [10.0, 1.0]]))
+    tr = RangeTracker(cal)
+    X = np.array([[10.9, 0.5], [12.5, 0.5], [12.5, 0.5], [-2.0, 0.5], [5.0, 2.0]])
+    out = tr.outside(X, ["a"] * 5)
+    # 10.9 <= 10 + 0.1*10; 12.5 > 10.9 + 0.1*10.9; the same 12.5 again is not new; -2 < 0 - 0.1*12.5;
+    # feature 2: 2.0 > 1 + 0.1*1
+    assert out.tolist() == [[False, False], [True, False], [False, False], [True, False], [False, True]]
+    assert tr.outside(np.array([[11.5, 0.5]]), ["b"]).tolist() == [[True, False]]  # b: from the training range
+    state = tr.snapshot()
+    again = RangeTracker(cal)
+    again.restore(state)
+    probe = np.array([[14.5, 0.5]])  # beyond a's range (max 12.5, span 14.5 -> bound 13.95)
+    assert again.outside(probe, ["a"]).tolist() == tr.outside(probe, ["a"]).tolist() == [[True, False]]
+
+
+def test_range_rule_off_by_default_and_its_settings_round_trip_only_when_on() -> None:
+    """tol 0 flags nothing and leaves the calibration (and its id) as before the rule existed; tol > 0
+    keeps the tolerance and the training range through to_dict/from_dict."""
+    from stream_vae.calibrate import RangeTracker
+
+    ref = np.random.default_rng(0).normal(size=500)
+    off = Calibrator().infer_threshold(ref).set_range(np.array([[0.0], [1.0]]))
+    assert not RangeTracker(off).outside(np.array([[100.0]]), ["a"]).any()
+    assert "range_tolerance" not in off.to_dict()
+    on = Calibrator(range_tolerance=0.05).infer_threshold(ref).set_range(np.array([[0.0], [1.0]]))
+    back = Calibrator.from_dict(on.to_dict())
+    assert back.range_tolerance == 0.05 and back.range_hi is not None and back.range_hi.tolist() == [1.0]
+    assert RangeTracker(back).outside(np.array([[1.2]]), ["a"]).tolist() == [[True]]
+    assert back.calibration_id("v") == on.calibration_id("v") != off.calibration_id("v")

@@ -54,12 +54,13 @@ def test_asd_and_nab_commands_print_their_objects(app: typer.Typer, tmp_path: Pa
         "score_quantile": 0.99, "ensemble": 2, "rate_cap": 5.0}
     nab = write_toy_nab(tmp_path / "nab")
     res = CliRunner().invoke(app, ["eval", "nab", "--data-dir", str(nab), "--json", "--baselines", "random",
-                                   "--epochs", "3", "--member-windows", "4,8", "--smoothing", "3"])
+                                   "--epochs", "3", "--member-windows", "4,8", "--smoothing", "3",
+                                   "--range-tolerance", "0.1"])
     assert res.exit_code == 0, res.output
     doc = _last_json(res.stdout)
     assert {"score_standard", "score_low_fp", "score_low_fn", "per_file", "baselines"} <= set(doc)
-    assert {k: doc["settings"][k] for k in ("member_windows", "ensemble", "window")} == {  # type: ignore[index]
-        "member_windows": [4, 8], "ensemble": 2, "window": 8}
+    assert {k: doc["settings"][k] for k in ("member_windows", "ensemble", "window", "range_tolerance")} == {  # type: ignore[index]
+        "member_windows": [4, 8], "ensemble": 2, "window": 8, "range_tolerance": 0.1}
 
 
 @pytest.mark.parametrize(

@@ -123,3 +123,13 @@ def test_nab_report_scores_every_profile_for_vae_and_baselines(tmp_path: Path) -
     assert set(doc["slices"]["category"]) == {"toyCategory"}
     one, _, _ = evaluate_nab(root, files=["toy_1"], settings=s)
     assert one["files"] == 1
+
+
+def test_nab_ratio_puts_range_rule_records_above_every_threshold() -> None:
+    """A record the range rule flagged counts as flagged at every corpus threshold (infinite ratio);
+    the others keep (score - median) / (threshold - median)."""
+    from stream_vae.evaluation.runner import _ratio
+
+    tr = StreamTrace(np.array([1.0, 3.0, 0.5]), np.full(3, 2.0), np.array([False, True, True]), None, 2.0, 1.0,
+                     beyond_range=np.array([False, False, True]))
+    assert _ratio(tr).tolist() == [0.0, 2.0, float("inf")]

@@ -138,3 +138,25 @@ def test_swap_restarts_online_state_and_snapshot_restores_it() -> None:
     assert p2.tracker.thresholds(["a"])[0] == pytest.approx(moved)
     p.swap(loaded(train_model(_iid_stream(3000, 5), topo), "v2"))
     assert p.tracker.thresholds(["a"])[0] == pytest.approx(p.model.calibrator.threshold)
+
+
+def test_range_rule_flags_new_extremes_and_alerts_name_the_feature() -> None:
+    """With calibration.range_tolerance, a record whose feature leaves the training range is flagged and
+    its alert says which feature (beyond_range); a record within range that the score does not flag
+    is not; without the setting no alert carries beyond_range."""
+    topo = _iid_topology(range_tolerance=0.05)
+    model = train_model(_iid_stream(3000, 3), topo)
+    p = Pipeline(topo, loaded(model))
+    X = _iid_stream(50, 4)
+    hi = model.calibrator.range_hi
+    assert hi is not None
+    X[20, 2] = hi[2] + 0.5 * (hi[2] - model.calibrator.range_lo[2])  # type: ignore[index]
+    out = p.process_batch(_rows(X, ["a"] * 50))
+    assert out.beyond_range.tolist() == [i == 20 for i in range(50)]
+    assert out.is_anomaly[20]
+    alert = next(a for a in out.alerts if a.offset == 20)
+    assert alert.beyond_range == ["f2"] and alert.to_event()["data"]["beyond_range"] == ["f2"]
+    assert all(a.beyond_range == [] for a in out.alerts if a.offset != 20)
+    plain = Pipeline(_iid_topology(), loaded(train_model(_iid_stream(3000, 3), _iid_topology())))
+    out2 = plain.process_batch(_rows(X, ["a"] * 50))
+    assert not out2.beyond_range.any() and all(a.beyond_range == [] for a in out2.alerts)
