@@ -297,8 +297,28 @@ def _tracked(
     return score, thr, cal
 
 
-def run_baseline(name: str, train: FloatArray, test: FloatArray, settings: EvalSettings) -> StreamTrace:
-    """Fit baseline ``name`` on the head of ``train``, calibrate on its tail, score ``test`` in order."""
+def _range_rule(train_raw: FloatArray, test_raw: FloatArray, settings: EvalSettings) -> BoolArray:
+    """The pipeline's range rule (``RangeTracker``, from the training range) over ``test_raw`` in batches."""
+    from stream_vae.calibrate import Calibrator, RangeTracker
+
+    ranges = RangeTracker(Calibrator(range_tolerance=settings.range_tolerance).set_range(train_raw))
+    keys = ["e"] * len(test_raw)
+    return np.concatenate([
+        ranges.outside(test_raw[lo : lo + settings.batch_size], keys[lo : lo + settings.batch_size]).any(axis=1)
+        for lo in range(0, len(test_raw), settings.batch_size)
+    ])
+
+
+def run_baseline(
+    name: str, train: FloatArray, test: FloatArray, settings: EvalSettings,
+    *, raw: tuple[FloatArray, FloatArray] | None = None,
+) -> StreamTrace:
+    """Fit baseline ``name`` on the head of ``train``, calibrate on its tail, score ``test`` in order.
+
+    With ``settings.range_tolerance`` the baseline gets the pipeline's range rule too, on the raw
+    values ``raw = (train_raw, test_raw)`` (default: ``train`` and ``test`` themselves; NAB passes
+    the series when the detector sees windows).
+    """
     det = BASELINES[name]()
     if hasattr(det, "seed"):
         det.seed = settings.seed
@@ -310,13 +330,17 @@ def run_baseline(name: str, train: FloatArray, test: FloatArray, settings: EvalS
     det.fit(train[:n_fit])
     ref = det.score(train[n_fit:]) if n_fit < len(train) else det.score(train)
     t1 = time.perf_counter()
-    raw = det.score(test)
+    scores = det.score(test)
     contrib = det.contributions(test) if isinstance(det, SupportsContributions) else None
-    score, thr, cal = _tracked(np.asarray(ref, dtype=np.float64), np.asarray(raw, dtype=np.float64), settings)
+    score, thr, cal = _tracked(np.asarray(ref, dtype=np.float64), np.asarray(scores, dtype=np.float64), settings)
+    flagged = score > thr
+    beyond = _range_rule(*(raw or (train, test)), settings) if settings.range_tolerance > 0 else None
+    if beyond is not None:
+        flagged |= beyond
     return StreamTrace(
-        score=score, threshold=thr, flagged=score > thr, contributions=contrib,
+        score=score, threshold=thr, flagged=flagged, contributions=contrib,
         base_threshold=cal.threshold, reference_median=float(np.median(cal.reference)),
-        seconds_fit=t1 - t0, seconds_score=time.perf_counter() - t1,
+        seconds_fit=t1 - t0, seconds_score=time.perf_counter() - t1, beyond_range=beyond,
     )
 
 
@@ -654,7 +678,7 @@ def evaluate_nab(
         traces.append(trace)
         W = make_windows(x, settings.window)
         for b in settings.baselines:
-            base[b].append(run_baseline(b, W[:n_train], W, settings))
+            base[b].append(run_baseline(b, W[:n_train], W, settings, raw=(x[:n_train], x)))
         if progress:
             probation = n_train
             progress(f"{s.name}: {len(x)} rows, {len(s.windows)} windows, "

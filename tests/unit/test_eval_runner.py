@@ -133,3 +133,19 @@ def test_nab_ratio_puts_range_rule_records_above_every_threshold() -> None:
     tr = StreamTrace(np.array([1.0, 3.0, 0.5]), np.full(3, 2.0), np.array([False, True, True]), None, 2.0, 1.0,
                      beyond_range=np.array([False, False, True]))
     assert _ratio(tr).tolist() == [0.0, 2.0, float("inf")]
+
+
+def test_baselines_get_the_range_rule_when_it_is_on() -> None:
+    """With range_tolerance the baselines are judged with the pipeline's range rule too (same machinery):
+    a value far above the training range is flagged and marked, whatever the baseline's score."""
+    from stream_vae.evaluation.runner import run_baseline
+
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(400, 2)), rng.normal(size=(50, 2))
+    test[30, 1] = 50.0
+    on = run_baseline("random", train, test, EvalSettings(range_tolerance=0.05, seed=1))
+    off = run_baseline("random", train, test, EvalSettings(seed=1))
+    assert on.beyond_range is not None and on.beyond_range.tolist() == [i == 30 for i in range(50)]
+    assert on.flagged[30] and off.beyond_range is None
+    others = np.arange(50) != 30
+    assert on.flagged[others].tolist() == off.flagged[others].tolist()  # elsewhere the baseline's own decision
