@@ -45,9 +45,9 @@ class Pipeline:
     :class:`~stream_vae.calibrate.ThresholdTracker` when ``calibration.adapt == "track"``); with
     ``calibration.range_tolerance`` set, a record whose raw feature leaves its entity's range so far
     (:class:`~stream_vae.calibrate.RangeTracker`) is flagged too, and its alert names the features
-    (``beyond_range``); then build alerts. ``BatchOutcome.result.score`` is the smoothed score the threshold was applied
-    to; every alert carries its own threshold. The threshold used for a batch is the one reached
-    before it: a batch's scores move it for the next one.
+    (``beyond_range``); then build alerts. ``BatchOutcome.result.score`` is the smoothed score the
+    threshold was applied to; every alert carries its own threshold. The threshold used for a batch
+    is the one reached before it: a batch's scores move it for the next one.
 
     ``swap(model)`` replaces the model between batches: one reference assignment, so a batch is
     always scored by exactly one version and every alert names it. The smoothing and threshold

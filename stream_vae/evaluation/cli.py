@@ -32,9 +32,10 @@ eval_app = typer.Typer(
 
 SMD_DEFAULTS = EvalSettings()
 """SMD and ASD: windows of 5 records, robust score, fpr 0.005, tracked threshold (half-life 2000)."""
-NAB_DEFAULTS = EvalSettings(window=64, smoothing=10, rate_cap=5.0, range_tolerance=0.05)
-"""NAB: univariate, non-stationary series, calibrated on a few hundred records: long windows, smoothed
-scores, flag rate capped at 5x the budget, and HTM's range rule (a value 5 % beyond the range so far)."""
+NAB_DEFAULTS = EvalSettings(window=64, score="gaussian", smoothing=10, rate_cap=5.0, range_tolerance=0.05)
+"""NAB: univariate, non-stationary series, calibrated on a few hundred records: long windows, the Gaussian
+NLL score, smoothed scores, flag rate capped at 5x the budget, and HTM's range rule (a value 5 % beyond
+the range so far)."""
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="dataset folder with the layout of shared/data/<dataset>", show_default=False)

@@ -136,7 +136,7 @@ def train_model(
     scaler = Scaler(center_windows=spec.center_windows).fit(X)
     # Window first, then scale: exactly what the pipeline does (Windower, then Scaler.transform of
     # the windowed row), so a per-window step such as center_windows is the same in training and
-    # serving. (Until session 3 training scaled single records, so centring never reached training.)
+    # serving. (Training once scaled single records, so centring never reached training.)
     W64, keys = _windows_and_keys(X, entities, topology.window)
     W64 = scaler.transform(W64)
     W = W64.astype(np.float32)
