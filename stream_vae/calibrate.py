@@ -19,11 +19,13 @@ import json
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from stream_vae.exceptions import NotCalibratedError
+from stream_vae.lru import lru_slot
 from stream_vae.records import FloatArray
 
 if TYPE_CHECKING:
@@ -281,14 +283,7 @@ class ScoreSmoother:
             return scores
         out = np.empty(len(scores), dtype=np.float64)
         for key, idx in _groups(keys).items():
-            buf = self._buffers.get(key)
-            if buf is None:
-                buf = deque(maxlen=self.n - 1)
-                self._buffers[key] = buf
-                if len(self._buffers) > self.max_entities:
-                    self._buffers.popitem(last=False)
-            else:
-                self._buffers.move_to_end(key)
+            buf = lru_slot(self._buffers, key, lambda: deque(maxlen=self.n - 1), self.max_entities)
             new = np.asarray(scores[idx], dtype=np.float64)
             seq = np.concatenate([np.fromiter(buf, dtype=np.float64, count=len(buf)), new])
             csum = np.concatenate([[0.0], np.cumsum(seq)])
@@ -456,14 +451,7 @@ class ThresholdTracker:
         if not self._active:
             return
         for key, idx in _groups(keys).items():
-            hist = self._hist.get(key)
-            if hist is None:
-                hist = self._prior.copy()
-                self._hist[key] = hist
-                if len(self._hist) > self.max_entities:
-                    self._hist.popitem(last=False)
-            else:
-                self._hist.move_to_end(key)
+            hist = lru_slot(self._hist, key, self._prior.copy, self.max_entities)
             n = len(idx)
             w = self._decay ** np.arange(n - 1, -1, -1, dtype=np.float64)
             hist *= self._decay**n
@@ -506,7 +494,7 @@ class RangeTracker:
         self.calibrator = calibrator
         self.tol = calibrator.range_tolerance
         self.max_entities = max_entities
-        self._ranges: OrderedDict[str, tuple[FloatArray, FloatArray]] = OrderedDict()
+        self._ranges: OrderedDict[str, FloatArray] = OrderedDict()  # per entity: rows [lo, hi]
 
     @property
     def active(self) -> bool:
@@ -520,31 +508,26 @@ class RangeTracker:
         out = np.zeros(X.shape, dtype=np.bool_)
         if not self.active or len(X) == 0:
             return out
-        cal = self.calibrator
         for key, idx in _groups(keys).items():
             rows = np.asarray(X[idx], dtype=np.float64)
-            state = self._ranges.get(key)
-            if state is None:
-                if len(self._ranges) >= self.max_entities:
-                    self._ranges.popitem(last=False)
-                lo0, hi0 = cal.range_lo, cal.range_hi
-                if lo0 is None or hi0 is None:  # no training range: the entity's first record
-                    lo0, hi0 = rows[0], rows[0]
-            else:
-                self._ranges.move_to_end(key)
-                lo0, hi0 = state
+            state = lru_slot(self._ranges, key, partial(self._start, rows[0]), self.max_entities)
+            lo0, hi0 = state[0], state[1]
             hi = np.maximum(hi0, np.vstack([hi0, np.maximum.accumulate(rows, axis=0)[:-1]]))
             lo = np.minimum(lo0, np.vstack([lo0, np.minimum.accumulate(rows, axis=0)[:-1]]))
             span = hi - lo
             out[idx] = (span > 0) & ((rows > hi + self.tol * span) | (rows < lo - self.tol * span))
-            self._ranges[key] = (np.minimum(lo0, rows.min(axis=0)), np.maximum(hi0, rows.max(axis=0)))
+            state[0], state[1] = np.minimum(lo0, rows.min(axis=0)), np.maximum(hi0, rows.max(axis=0))
         return out
 
+    def _start(self, first: FloatArray) -> FloatArray:
+        """A new entity's range ``[lo, hi]``: the training range, or its first record without one."""
+        cal = self.calibrator
+        if cal.range_lo is None or cal.range_hi is None:
+            return np.stack([first, first])
+        return np.stack([cal.range_lo, cal.range_hi])
+
     def snapshot(self) -> dict[str, Any]:
-        return {"ranges": {k: [lo.tolist(), hi.tolist()] for k, (lo, hi) in self._ranges.items()}}
+        return {"ranges": {k: v.tolist() for k, v in self._ranges.items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._ranges = OrderedDict(
-            (k, (np.asarray(v[0], dtype=np.float64), np.asarray(v[1], dtype=np.float64)))
-            for k, v in state.get("ranges", {}).items()
-        )
+        self._ranges = OrderedDict((k, np.asarray(v, dtype=np.float64)) for k, v in state.get("ranges", {}).items())

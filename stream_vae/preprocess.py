@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from stream_vae.exceptions import NotFittedError
+from stream_vae.lru import lru_slot
 from stream_vae.records import FloatArray
 
 
@@ -115,17 +117,14 @@ class Windower:
             return X
         out = np.empty((len(X), X.shape[1] * self.window), dtype=np.float64)
         for i, (row, key) in enumerate(zip(X, keys, strict=True)):
-            buf = self._buffers.get(key)
-            if buf is None:
-                buf = deque([row] * (self.window - 1), maxlen=self.window)
-                self._buffers[key] = buf
-                if len(self._buffers) > self.max_entities:
-                    self._buffers.popitem(last=False)
-            else:
-                self._buffers.move_to_end(key)
+            buf = lru_slot(self._buffers, key, partial(self._start, row), self.max_entities)
             buf.append(row)
             out[i] = np.concatenate(list(buf))
         return out
+
+    def _start(self, first: FloatArray) -> deque[FloatArray]:
+        """A new entity's window: its first record repeated (as ``make_windows`` pads the start)."""
+        return deque([first] * (self.window - 1), maxlen=self.window)
 
     def snapshot(self) -> dict[str, Any]:
         return {"buffers": {k: [r.tolist() for r in v] for k, v in self._buffers.items()}}
