@@ -71,6 +71,11 @@ RangeTolOpt = Annotated[
     typer.Option("--range-tolerance", min=0.0, help="also flag values beyond the range so far by this fraction of it "
                  "(0 = off)"),
 ]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="records per process_batch call; the threshold for a batch is the one "
+                 "reached before it, so smaller batches track like a live worker with small polls"),
+]
 MemberWindowsOpt = Annotated[
     str | None,
     typer.Option("--member-windows", help="one window per ensemble member, comma-separated (e.g. 1,5,10): a "
@@ -87,13 +92,15 @@ def _settings(
     baselines: str | None, fpr: float | None, smoothing: int | None, half_life: int | None, adapt: str | None,
     score: str | None, seed: int, score_quantile: float | None = None, ensemble: int | None = None,
     rate_cap: float | None = None, member_windows: str | None = None, range_tolerance: float | None = None,
+    batch_size: int | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
     changes: dict[str, Any] = {"threads": threads, "seed": seed}
     for key, value in (("window", window), ("epochs", epochs), ("max_train_rows", max_train_rows), ("fpr", fpr),
                        ("smoothing", smoothing), ("half_life", half_life), ("score_quantile", score_quantile),
-                       ("ensemble", ensemble), ("rate_cap", rate_cap), ("range_tolerance", range_tolerance)):
+                       ("ensemble", ensemble), ("rate_cap", rate_cap), ("range_tolerance", range_tolerance),
+                       ("batch_size", batch_size)):
         if value is not None:
             changes[key] = value
     if member_windows is not None:
@@ -187,12 +194,13 @@ def _smd_like_command(dataset: str, doc: str) -> Callable[..., None]:
         member_windows: MemberWindowsOpt = None,
         rate_cap: RateCapOpt = None,
         range_tolerance: RangeTolOpt = None,
+        batch_size: BatchOpt = None,
         seed: SeedOpt = 0,
     ) -> None:
         s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                       baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt,
                       score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap,
-                      member_windows=member_windows, range_tolerance=range_tolerance)
+                      member_windows=member_windows, range_tolerance=range_tolerance, batch_size=batch_size)
         _run_smd_like(dataset, data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
     command.__name__ = dataset
@@ -240,6 +248,7 @@ def nab(
     member_windows: MemberWindowsOpt = None,
     rate_cap: RateCapOpt = None,
     range_tolerance: RangeTolOpt = None,
+    batch_size: BatchOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
@@ -248,7 +257,8 @@ def nab(
     s = _settings(NAB_DEFAULTS, window=window, epochs=epochs, max_train_rows=None, threads=threads,
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
                   seed=seed, score_quantile=score_quantile, ensemble=ensemble,
-                  rate_cap=rate_cap, member_windows=member_windows, range_tolerance=range_tolerance)
+                  rate_cap=rate_cap, member_windows=member_windows, range_tolerance=range_tolerance,
+                  batch_size=batch_size)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

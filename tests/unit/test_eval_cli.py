@@ -46,12 +46,13 @@ def test_asd_and_nab_commands_print_their_objects(app: typer.Typer, tmp_path: Pa
     """eval asd and eval nab follow the same contract (NAB: scores per profile, per file, baselines)."""
     smd = write_toy_smd(tmp_path / "asd", entities=("omi-x",))
     res = CliRunner().invoke(app, ["eval", "asd", "--data-dir", str(smd), "--json", "--baselines", "",
-                                   "--score-quantile", "0.99", "--ensemble", "2", "--rate-cap", "5", *FAST])
+                                   "--score-quantile", "0.99", "--ensemble", "2", "--rate-cap", "5",
+                                   "--batch-size", "50", *FAST])
     assert res.exit_code == 0, res.output
     doc = _last_json(res.stdout)
     assert doc["dataset"] == "asd"
-    assert {k: doc["settings"][k] for k in ("score_quantile", "ensemble", "rate_cap")} == {  # type: ignore[index]
-        "score_quantile": 0.99, "ensemble": 2, "rate_cap": 5.0}
+    assert {k: doc["settings"][k] for k in ("score_quantile", "ensemble", "rate_cap", "batch_size")} == {  # type: ignore[index]
+        "score_quantile": 0.99, "ensemble": 2, "rate_cap": 5.0, "batch_size": 50}
     nab = write_toy_nab(tmp_path / "nab")
     res = CliRunner().invoke(app, ["eval", "nab", "--data-dir", str(nab), "--json", "--baselines", "random",
                                    "--epochs", "3", "--member-windows", "4,8", "--smoothing", "3",
