@@ -46,8 +46,9 @@ class Pipeline:
     ``calibration.range_tolerance`` set, a record whose raw feature leaves its entity's range so far
     (:class:`~stream_vae.calibrate.RangeTracker`) is flagged too, and its alert names the features
     (``beyond_range``); then build alerts. ``BatchOutcome.result.score`` is the smoothed score the
-    threshold was applied to; every alert carries its own threshold. The threshold used for a batch
-    is the one reached before it: a batch's scores move it for the next one.
+    threshold was applied to; every alert carries its own threshold. Each record is judged by the
+    threshold its entity had published before it (``calibration.track_every``), so the same records
+    are flagged whatever the batching.
 
     ``swap(model)`` replaces the model between batches: one reference assignment, so a batch is
     always scored by exactly one version and every alert names it. The smoothing and threshold
@@ -110,15 +111,11 @@ class Pipeline:
         score = act.smoother.transform(result.score, keys)
         if score is not result.score:
             result = dataclasses.replace(result, score=score)
-        thresholds = act.tracker.thresholds(keys)
+        thresholds, p_all = act.tracker.assess(score, keys)  # each record's threshold, then the state moves on
         outside = act.ranges.outside(batch.X, keys)  # all False unless calibration.range_tolerance > 0
         beyond = np.any(outside, axis=1, keepdims=False).astype(bool)
         flagged = (score > thresholds) | beyond  # a feature beyond its range so far: flagged whatever the score
-        p_all = np.ones(len(batch))
         idx = np.flatnonzero(flagged)
-        if len(idx):
-            p_all[idx] = act.tracker.p_values(score[idx], [keys[i] for i in idx])
-        act.tracker.update(score, keys)
         alerts: list[tuple[int, Alert]] = []
         for thr in np.unique(thresholds[idx]):
             mask = flagged & (thresholds == thr)
@@ -132,5 +129,5 @@ class Pipeline:
         return BatchOutcome(
             batch.records, [a for _, a in alerts], rejected, result, float(thresholds[-1]), model.version, flagged,
             batch=batch,  # the reservoir keeps the raw features of records the model did not flag
-            beyond_range=beyond,
+            beyond_range=beyond, thresholds=thresholds,
         )

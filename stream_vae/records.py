@@ -120,6 +120,8 @@ class BatchOutcome:
     batch: ValidBatch | None = None  # the validated input (raw features, keys): the reservoir keeps it
     # records flagged because a feature left the entity's range (calibration.range_tolerance), whatever the score
     beyond_range: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # the threshold each scored record was compared with (it can move inside a batch: calibration.track_every)
+    thresholds: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
 
 def envelope(type_: str, *, source: str, data: dict[str, Any], id: str = "", time: str = "") -> dict[str, Any]:

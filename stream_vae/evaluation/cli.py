@@ -76,6 +76,10 @@ BatchOpt = Annotated[
     typer.Option("--batch-size", min=1, help="records per process_batch call; the threshold for a batch is the one "
                  "reached before it, so smaller batches track like a live worker with small polls"),
 ]
+TrackEveryOpt = Annotated[
+    int | None,
+    typer.Option("--track-every", min=1, help="the tracked threshold moves once every N records of an entity"),
+]
 MemberWindowsOpt = Annotated[
     str | None,
     typer.Option("--member-windows", help="one window per ensemble member, comma-separated (e.g. 1,5,10): a "
@@ -92,7 +96,7 @@ def _settings(
     baselines: str | None, fpr: float | None, smoothing: int | None, half_life: int | None, adapt: str | None,
     score: str | None, seed: int, score_quantile: float | None = None, ensemble: int | None = None,
     rate_cap: float | None = None, member_windows: str | None = None, range_tolerance: float | None = None,
-    batch_size: int | None = None,
+    batch_size: int | None = None, track_every: int | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
@@ -100,7 +104,7 @@ def _settings(
     for key, value in (("window", window), ("epochs", epochs), ("max_train_rows", max_train_rows), ("fpr", fpr),
                        ("smoothing", smoothing), ("half_life", half_life), ("score_quantile", score_quantile),
                        ("ensemble", ensemble), ("rate_cap", rate_cap), ("range_tolerance", range_tolerance),
-                       ("batch_size", batch_size)):
+                       ("batch_size", batch_size), ("track_every", track_every)):
         if value is not None:
             changes[key] = value
     if member_windows is not None:
@@ -195,12 +199,14 @@ def _smd_like_command(dataset: str, doc: str) -> Callable[..., None]:
         rate_cap: RateCapOpt = None,
         range_tolerance: RangeTolOpt = None,
         batch_size: BatchOpt = None,
+        track_every: TrackEveryOpt = None,
         seed: SeedOpt = 0,
     ) -> None:
         s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                       baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt,
                       score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap,
-                      member_windows=member_windows, range_tolerance=range_tolerance, batch_size=batch_size)
+                      member_windows=member_windows, range_tolerance=range_tolerance, batch_size=batch_size,
+                      track_every=track_every)
         _run_smd_like(dataset, data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
     command.__name__ = dataset
@@ -249,6 +255,7 @@ def nab(
     rate_cap: RateCapOpt = None,
     range_tolerance: RangeTolOpt = None,
     batch_size: BatchOpt = None,
+    track_every: TrackEveryOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
@@ -258,7 +265,7 @@ def nab(
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
                   seed=seed, score_quantile=score_quantile, ensemble=ensemble,
                   rate_cap=rate_cap, member_windows=member_windows, range_tolerance=range_tolerance,
-                  batch_size=batch_size)
+                  batch_size=batch_size, track_every=track_every)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

@@ -100,10 +100,10 @@ class EvalSettings:
         ``ModelSpec.score``: ``"robust"`` (sum of log(1 + contribution / scale)) or ``"gaussian"`` (NLL).
     score_quantile
         ``ModelSpec.score_quantile``: the held-out quantile that sets each feature's scale (0 = none).
-    smoothing, fpr, adapt, half_life, rate_cap, range_tolerance
+    smoothing, fpr, adapt, half_life, rate_cap, range_tolerance, track_every
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
-        adaptation, its half-life (records), the flag-rate cap (multiple of the budget) and the
-        range rule's tolerance (0 = off).
+        adaptation, its half-life (records), the flag-rate cap (multiple of the budget), the
+        range rule's tolerance (0 = off) and how often the tracked threshold moves (records).
     epochs, latent_dim, hidden, seed, ensemble, member_windows
         ``ModelSpec`` fields (``ensemble``: members trained with seeds ``seed``, ``seed + 1``, ...;
         ``member_windows``: one window per member, each at most ``window``; empty = all see ``window``).
@@ -129,6 +129,7 @@ class EvalSettings:
     half_life: int = 2000
     rate_cap: float = 0.0
     range_tolerance: float = 0.0
+    track_every: int = 1000
     epochs: int = 40
     latent_dim: int = 4
     hidden: tuple[int, ...] = (64, 32)
@@ -202,6 +203,7 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "half_life": settings.half_life,
                 "rate_cap": settings.rate_cap,
                 "range_tolerance": settings.range_tolerance,
+                "track_every": settings.track_every,
             },
         },
         source="<eval>",
@@ -258,7 +260,7 @@ def run_pipeline(train: FloatArray, test: FloatArray, settings: EvalSettings, *,
         contrib[lo:hi] = out.result.contributions
         flagged[lo:hi] = out.is_anomaly
         beyond[lo:hi] = out.beyond_range
-        thr[lo:hi] = out.threshold
+        thr[lo:hi] = out.thresholds
     cal = loaded.calibrator
     return StreamTrace(
         score=score, threshold=thr, flagged=flagged, contributions=contrib,
@@ -282,7 +284,8 @@ def _tracked(
     smooth = ScoreSmoother(settings.smoothing)
     ref = smooth.transform(ref_scores, ["r"] * len(ref_scores))
     cal = Calibrator(fpr=settings.fpr, smoothing=settings.smoothing, adapt=settings.adapt,
-                     half_life=settings.half_life, rate_cap=settings.rate_cap).infer_threshold(ref)
+                     half_life=settings.half_life, rate_cap=settings.rate_cap,
+                     track_every=settings.track_every).infer_threshold(ref)
     tracker = ThresholdTracker(cal)
     smooth = ScoreSmoother(settings.smoothing)
     thr = np.empty(len(test_scores))
@@ -291,9 +294,8 @@ def _tracked(
         s = test_scores[lo : lo + settings.batch_size]
         keys = ["e"] * len(s)
         s = smooth.transform(s, keys)
-        thr[lo : lo + len(s)] = tracker.thresholds(keys)
+        thr[lo : lo + len(s)] = tracker.assess(s, keys)[0]
         score[lo : lo + len(s)] = s
-        tracker.update(s, keys)
     return score, thr, cal
 
 

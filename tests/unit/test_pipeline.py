@@ -101,7 +101,7 @@ def test_observed_fpr_on_a_long_stationary_stream_is_within_a_quarter_of_the_bud
 
 def test_smoothing_averages_each_entity_and_alerts_carry_their_entity_threshold() -> None:
     """With smoothing n the scores are per-entity moving averages; each alert names its entity's threshold."""
-    topo = _iid_topology(smoothing=3, half_life=50)
+    topo = _iid_topology(smoothing=3, half_life=50, track_every=50)
     model = train_model(_iid_stream(3000, 3), topo)
     p = Pipeline(topo, loaded(model))
     X = _iid_stream(400, 4)
@@ -117,9 +117,30 @@ def test_smoothing_averages_each_entity_and_alerts_carry_their_entity_threshold(
     assert [a.offset for a in out.alerts] == sorted(a.offset for a in out.alerts)
     # the tracker now differs per entity after a batch; the next batch's alerts use their entity's value
     thr = p.tracker.thresholds(["a", "b"])
+    assert thr[0] != thr[1]
     out2 = p.process_batch(_rows(X[-20:], keys[-20:]))
     for a in out2.alerts:
         assert a.threshold == pytest.approx(thr[0] if a.key == "a" else thr[1])
+
+
+def test_the_same_records_are_flagged_whatever_the_batching() -> None:
+    """Records in one backlog batch, in odd batches or one by one get the same thresholds and flags
+    (calibration.track_every): a replay after a restart alerts as the live worker did."""
+    topo = _iid_topology(half_life=200, track_every=100)
+    model = loaded(train_model(_iid_stream(3000, 7), topo))
+    X = _iid_stream(1500, 8)
+    keys = ["a", "b", "b"] * 500
+    X[1::3] *= 1.5  # b is noisier than in training: its threshold moves
+    recs = _rows(X, keys)
+    runs = {}
+    for batch in (1500, 77, 1):
+        p = Pipeline(topo, model)
+        outs = [p.process_batch(recs[i : i + batch]) for i in range(0, len(recs), batch)]
+        runs[batch] = (np.concatenate([o.thresholds for o in outs]), np.concatenate([o.is_anomaly for o in outs]))
+    for batch in (77, 1):
+        np.testing.assert_allclose(runs[batch][0], runs[1500][0], rtol=1e-9)
+        np.testing.assert_array_equal(runs[batch][1], runs[1500][1])
+    assert len(np.unique(runs[1500][0])) > 3  # the thresholds did move inside the one big batch
 
 
 def test_swap_restarts_online_state_and_snapshot_restores_it() -> None:
