@@ -116,7 +116,7 @@ class CalibrationSpec(_Strict):
         "(HTM's 'spatial anomaly' rule; 0.05 on NAB). 0 = off",
     )
     track_every: int = Field(
-        default=1000, ge=1, le=10_000_000, description="adapt=track: an entity's threshold moves once every "
+        default=500, ge=1, le=10_000_000, description="adapt=track: an entity's threshold moves once every "
         "track_every of its records, to its scores up to then; so the same records are flagged however they are "
         "batched (live polls or a replayed backlog), and an anomaly shorter than this cannot raise its own threshold",
     )

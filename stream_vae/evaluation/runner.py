@@ -129,7 +129,7 @@ class EvalSettings:
     half_life: int = 2000
     rate_cap: float = 0.0
     range_tolerance: float = 0.0
-    track_every: int = 1000
+    track_every: int = 500
     epochs: int = 40
     latent_dim: int = 4
     hidden: tuple[int, ...] = (64, 32)
