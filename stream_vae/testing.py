@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from stream_vae.model.registry import LoadedModel, load_artifact, to_artifact
 from stream_vae.model.train import TrainedModel, train_model
 from stream_vae.records import RawRecord
@@ -46,3 +48,28 @@ def raw_records(rows: Iterable[dict[str, Any] | bytes], *, topic: str = "t", par
         value = r if isinstance(r, bytes) else json.dumps(r).encode()
         out.append(RawRecord(value, None, topic, partition, i, 0))
     return out
+
+
+def iid_stream(n: int, seed: int) -> np.ndarray:  # type: ignore[type-arg]
+    """Stationary correlated Gaussian metrics: 2 latent factors behind 4 features, plus noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    mix = np.array([[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0]])
+    out: np.ndarray = z @ mix + 0.3 * rng.normal(size=(n, 4)) + np.array([10.0, 0.0, 5.0, 1.0])  # type: ignore[type-arg]
+    return out
+
+
+def iid_topology(**calibration: object) -> Topology:
+    """A small topology for :func:`iid_stream` (features f0..f3, key field ``entity``, window 2, fpr 0.02)."""
+    return parse_topology({
+        "name": "iid", "input_topic": "in", "key_field": "entity",
+        "features": [{"name": f"f{i}"} for i in range(4)], "window": 2,
+        "model": {"epochs": 3, "kl_warmup_epochs": 1, "hidden": [16, 8], "latent_dim": 2},
+        "calibration": {"fpr": 0.02, **calibration},
+    })
+
+
+def keyed_records(X: np.ndarray, keys: list[str]) -> list[RawRecord]:  # type: ignore[type-arg]
+    """One JSON record per row of ``X`` (features f0..), keyed by ``entity``."""
+    rows = [{"entity": k, **{f"f{j}": float(v) for j, v in enumerate(row)}} for row, k in zip(X, keys, strict=True)]
+    return raw_records(rows)

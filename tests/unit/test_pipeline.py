@@ -8,10 +8,8 @@ import pytest
 from stream_vae.model.train import train_model
 from stream_vae.pipeline import Pipeline
 from stream_vae.preprocess import make_windows
-from stream_vae.records import RawRecord
 from stream_vae.synth import generate
-from stream_vae.testing import loaded, quick_model, raw_records, synth_topology
-from stream_vae.topology import Topology, parse_topology
+from stream_vae.testing import iid_stream, iid_topology, keyed_records, loaded, quick_model, raw_records, synth_topology
 
 
 def test_batch_outcome_accounts_for_every_record() -> None:
@@ -65,49 +63,27 @@ def test_all_invalid_batch() -> None:
     assert out.result is None and len(out.rejections) == 2 and not out.alerts
 
 
-def _iid_stream(n: int, seed: int) -> np.ndarray:
-    """Stationary correlated Gaussian metrics: 2 latent factors behind 4 features, plus noise."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, 2))
-    mix = np.array([[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0]])
-    return z @ mix + 0.3 * rng.normal(size=(n, 4)) + np.array([10.0, 0.0, 5.0, 1.0])
-
-
-def _iid_topology(**calibration: object) -> Topology:
-    return parse_topology({
-        "name": "iid", "input_topic": "in", "key_field": "entity",
-        "features": [{"name": f"f{i}"} for i in range(4)], "window": 2,
-        "model": {"epochs": 3, "kl_warmup_epochs": 1, "hidden": [16, 8], "latent_dim": 2},
-        "calibration": {"fpr": 0.02, **calibration},
-    })
-
-
-def _rows(X: np.ndarray, keys: list[str]) -> list[RawRecord]:
-    rows = [{"entity": k, **{f"f{j}": float(v) for j, v in enumerate(row)}} for row, k in zip(X, keys, strict=True)]
-    return raw_records(rows)
-
-
 @pytest.mark.parametrize("adapt", ["track", "off"])
 def test_observed_fpr_on_a_long_stationary_stream_is_within_a_quarter_of_the_budget(adapt: str) -> None:
     """60k stationary records through process_batch are flagged at the configured budget ±25 %."""
-    topo = _iid_topology(adapt=adapt)
-    p = Pipeline(topo, loaded(train_model(_iid_stream(40_000, 1), topo)))
-    X = _iid_stream(60_000, 2)
+    topo = iid_topology(adapt=adapt)
+    p = Pipeline(topo, loaded(train_model(iid_stream(40_000, 1), topo)))
+    X = iid_stream(60_000, 2)
     keys = ["a", "b", "c"] * 20_000
-    recs = _rows(X, keys)
+    recs = keyed_records(X, keys)
     flagged = np.concatenate([p.process_batch(recs[i : i + 2000]).is_anomaly for i in range(0, len(recs), 2000)])
     assert abs(flagged.mean() - 0.02) / 0.02 < 0.25
 
 
 def test_smoothing_averages_each_entity_and_alerts_carry_their_entity_threshold() -> None:
     """With smoothing n the scores are per-entity moving averages; each alert names its entity's threshold."""
-    topo = _iid_topology(smoothing=3, half_life=50, track_every=50)
-    model = train_model(_iid_stream(3000, 3), topo)
+    topo = iid_topology(smoothing=3, half_life=50, track_every=50)
+    model = train_model(iid_stream(3000, 3), topo)
     p = Pipeline(topo, loaded(model))
-    X = _iid_stream(400, 4)
+    X = iid_stream(400, 4)
     X[390:, 0] += 30.0  # a burst on entity b's last rows (odd indices)
     keys = ["a", "b"] * 200
-    out = p.process_batch(_rows(X, keys))
+    out = p.process_batch(keyed_records(X, keys))
     assert out.result is not None
     raw = model.scorer().score_many(model.scaler.transform(make_windows(X[1::2], 2))).score
     expected_b = np.array([raw[max(0, i - 2) : i + 1].mean() for i in range(len(raw))])
@@ -118,7 +94,7 @@ def test_smoothing_averages_each_entity_and_alerts_carry_their_entity_threshold(
     # the tracker now differs per entity after a batch; the next batch's alerts use their entity's value
     thr = p.tracker.thresholds(["a", "b"])
     assert thr[0] != thr[1]
-    out2 = p.process_batch(_rows(X[-20:], keys[-20:]))
+    out2 = p.process_batch(keyed_records(X[-20:], keys[-20:]))
     for a in out2.alerts:
         assert a.threshold == pytest.approx(thr[0] if a.key == "a" else thr[1])
 
@@ -126,12 +102,12 @@ def test_smoothing_averages_each_entity_and_alerts_carry_their_entity_threshold(
 def test_the_same_records_are_flagged_whatever_the_batching() -> None:
     """Records in one backlog batch, in odd batches or one by one get the same thresholds and flags
     (calibration.track_every): a replay after a restart alerts as the live worker did."""
-    topo = _iid_topology(half_life=200, track_every=100)
-    model = loaded(train_model(_iid_stream(3000, 7), topo))
-    X = _iid_stream(1500, 8)
+    topo = iid_topology(half_life=200, track_every=100)
+    model = loaded(train_model(iid_stream(3000, 7), topo))
+    X = iid_stream(1500, 8)
     keys = ["a", "b", "b"] * 500
     X[1::3] *= 1.5  # b is noisier than in training: its threshold moves
-    recs = _rows(X, keys)
+    recs = keyed_records(X, keys)
     runs = {}
     for batch in (1500, 77, 1):
         p = Pipeline(topo, model)
@@ -145,19 +121,19 @@ def test_the_same_records_are_flagged_whatever_the_batching() -> None:
 
 def test_swap_restarts_online_state_and_snapshot_restores_it() -> None:
     """A swapped-in model starts from its calibrated threshold; snapshot/restore resumes the online state."""
-    topo = _iid_topology(half_life=100)
-    m = loaded(train_model(_iid_stream(3000, 5), topo), "v1")
+    topo = iid_topology(half_life=100)
+    m = loaded(train_model(iid_stream(3000, 5), topo), "v1")
     p = Pipeline(topo, m)
-    shifted = _iid_stream(3000, 6) * 3.0
+    shifted = iid_stream(3000, 6) * 3.0
     for i in range(0, 3000, 500):
-        p.process_batch(_rows(shifted[i : i + 500], ["a"] * 500))
+        p.process_batch(keyed_records(shifted[i : i + 500], ["a"] * 500))
     moved = p.tracker.thresholds(["a"])[0]
     assert moved > m.calibrator.threshold
     state = p.snapshot()
     p2 = Pipeline(topo, m)
     p2.restore(state)
     assert p2.tracker.thresholds(["a"])[0] == pytest.approx(moved)
-    p.swap(loaded(train_model(_iid_stream(3000, 5), topo), "v2"))
+    p.swap(loaded(train_model(iid_stream(3000, 5), topo), "v2"))
     assert p.tracker.thresholds(["a"])[0] == pytest.approx(p.model.calibrator.threshold)
 
 
@@ -165,19 +141,19 @@ def test_range_rule_flags_new_extremes_and_alerts_name_the_feature() -> None:
     """With calibration.range_tolerance, a record whose feature leaves the training range is flagged and
     its alert says which feature (beyond_range); a record within range that the score does not flag
     is not; without the setting no alert carries beyond_range."""
-    topo = _iid_topology(range_tolerance=0.05)
-    model = train_model(_iid_stream(3000, 3), topo)
+    topo = iid_topology(range_tolerance=0.05)
+    model = train_model(iid_stream(3000, 3), topo)
     p = Pipeline(topo, loaded(model))
-    X = _iid_stream(50, 4)
+    X = iid_stream(50, 4)
     hi = model.calibrator.range_hi
     assert hi is not None
     X[20, 2] = hi[2] + 0.5 * (hi[2] - model.calibrator.range_lo[2])  # type: ignore[index]
-    out = p.process_batch(_rows(X, ["a"] * 50))
+    out = p.process_batch(keyed_records(X, ["a"] * 50))
     assert out.beyond_range.tolist() == [i == 20 for i in range(50)]
     assert out.is_anomaly[20]
     alert = next(a for a in out.alerts if a.offset == 20)
     assert alert.beyond_range == ["f2"] and alert.to_event()["data"]["beyond_range"] == ["f2"]
     assert all(a.beyond_range == [] for a in out.alerts if a.offset != 20)
-    plain = Pipeline(_iid_topology(), loaded(train_model(_iid_stream(3000, 3), _iid_topology())))
-    out2 = plain.process_batch(_rows(X, ["a"] * 50))
+    plain = Pipeline(iid_topology(), loaded(train_model(iid_stream(3000, 3), iid_topology())))
+    out2 = plain.process_batch(keyed_records(X, ["a"] * 50))
     assert not out2.beyond_range.any() and all(a.beyond_range == [] for a in out2.alerts)
