@@ -489,7 +489,7 @@ class ThresholdTracker:
         thr = np.empty(len(scores), dtype=np.float64)
         mapped = np.empty(len(scores), dtype=np.float64)
         for key, idx in _groups(keys).items():
-            for seg in self._segments(key, len(idx), idx):
+            for seg in self._segments(key, idx):
                 hist = self._published(key)
                 thr[seg] = self._threshold(hist)
                 mapped[seg] = self._mapped(scores[seg], hist)
@@ -501,16 +501,16 @@ class ThresholdTracker:
         if not self._active:
             return
         for key, idx in _groups(keys).items():
-            for seg in self._segments(key, len(idx), idx):
+            for seg in self._segments(key, idx):
                 self._fold(key, scores[seg])
 
-    def _segments(self, key: str, n: int, idx: np.ndarray[Any, np.dtype[np.intp]]) -> list[Any]:
-        """``idx`` cut where the entity's next block boundary falls (one piece with ``track_every = 0``)."""
+    def _segments(self, key: str, idx: np.ndarray[Any, np.dtype[np.intp]]) -> list[Any]:
+        """``idx`` cut where the entity's block boundaries fall (one piece with ``track_every = 0``)."""
         if self._every == 0:
             return [idx]
         slot = self._hist.get(key)
         first = self._every - (slot[2] if slot is not None else 0)
-        cuts = list(range(first, n, self._every))
+        cuts = list(range(first, len(idx), self._every))
         return [p for p in np.split(idx, cuts) if len(p)]
 
     def _fold(self, key: str, scores: FloatArray) -> None:
