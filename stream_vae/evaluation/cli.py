@@ -73,8 +73,8 @@ RangeTolOpt = Annotated[
 ]
 BatchOpt = Annotated[
     int | None,
-    typer.Option("--batch-size", min=1, help="records per process_batch call; the threshold for a batch is the one "
-                 "reached before it, so smaller batches track like a live worker with small polls"),
+    typer.Option("--batch-size", min=1, help="records per process_batch call (speed only: each record is judged by "
+                 "the threshold its entity published last, see --track-every)"),
 ]
 TrackEveryOpt = Annotated[
     int | None,
