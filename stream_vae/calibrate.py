@@ -19,6 +19,7 @@ import json
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -311,6 +312,20 @@ class ScoreSmoother:
             self._buffers[k] = deque((float(x) for x in v), maxlen=max(1, self.n - 1))
 
 
+@dataclass
+class _EntityScores:
+    """One entity's tracker state: the live decayed histogram and the one its threshold reads.
+
+    ``published`` is ``live`` itself (the same array) when the threshold moves after every batch
+    (``track_every = 0``), a copy taken at the last block boundary otherwise, and None until the
+    entity's first block is complete. ``since`` counts the records folded in since that copy.
+    """
+
+    live: FloatArray
+    published: FloatArray | None
+    since: int = 0
+
+
 _Z_LO, _Z_HI = math.asinh(-50.0), math.asinh(1e6)  # histogram span, in reference spreads around the median
 
 
@@ -409,9 +424,7 @@ class ThresholdTracker:
         self._m_ref, self._s_ref = m, hi - m
         self._active = cal.adapt == "track" and self._s_ref > 0
         self._every = max(0, int(cal.track_every))
-        # per entity: [live histogram, published histogram (what thresholds read), records since publishing];
-        # with track_every = 0 the published histogram is the live one (the same array)
-        self._hist: OrderedDict[str, list[Any]] = OrderedDict()
+        self._hist: OrderedDict[str, _EntityScores] = OrderedDict()
         if not self._active:
             return
         self._k = (self._base - m) / self._s_ref
@@ -444,8 +457,8 @@ class ThresholdTracker:
         return m, float(np.clip(self._quantile(hist, self.quantiles[1]) - m, self._s_ref / r, self._s_ref * r))
 
     def _published(self, key: str) -> FloatArray | None:
-        slot = self._hist.get(key)
-        return None if slot is None else slot[1]
+        state = self._hist.get(key)
+        return None if state is None else state.published
 
     def _threshold(self, hist: FloatArray | None) -> float:
         m, s = self._location_spread(hist)
@@ -508,34 +521,33 @@ class ThresholdTracker:
         """``idx`` cut where the entity's block boundaries fall (one piece with ``track_every = 0``)."""
         if self._every == 0:
             return [idx]
-        slot = self._hist.get(key)
-        first = self._every - (slot[2] if slot is not None else 0)
+        state = self._hist.get(key)
+        first = self._every - (state.since if state is not None else 0)
         cuts = list(range(first, len(idx), self._every))
         return [p for p in np.split(idx, cuts) if len(p)]
 
     def _fold(self, key: str, scores: FloatArray) -> None:
         """Decay the entity's live histogram and add ``scores``; publish it at a block boundary."""
-        slot = lru_slot(self._hist, key, self._new_slot, self.max_entities)
-        live = slot[0]
+        state = lru_slot(self._hist, key, self._new_entity, self.max_entities)
         n = len(scores)
         w = self._decay ** np.arange(n - 1, -1, -1, dtype=np.float64)
-        live *= self._decay**n
-        live += np.bincount(self._bin(scores), weights=w, minlength=self.bins)
+        state.live *= self._decay**n
+        state.live += np.bincount(self._bin(scores), weights=w, minlength=self.bins)
         if self._every:
-            slot[2] += n
-            if slot[2] >= self._every:  # _segments never lets a fold cross a boundary
-                slot[1], slot[2] = live.copy(), 0
+            state.since += n
+            if state.since >= self._every:  # _segments never lets a fold cross a boundary
+                state.published, state.since = state.live.copy(), 0
 
-    def _new_slot(self) -> list[Any]:
+    def _new_entity(self) -> _EntityScores:
         live = self._prior.copy()
         # nothing published yet: the entity is judged by the calibrated threshold itself until its first block
-        return [live, live if self._every == 0 else None, 0]
+        return _EntityScores(live, live if self._every == 0 else None)
 
     def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"hist": {k: v[0].tolist() for k, v in self._hist.items()}}
+        out: dict[str, Any] = {"hist": {k: v.live.tolist() for k, v in self._hist.items()}}
         if self._every:
-            out["published"] = {k: v[1].tolist() for k, v in self._hist.items() if v[1] is not None}
-            out["since_published"] = {k: v[2] for k, v in self._hist.items()}
+            out["published"] = {k: v.published.tolist() for k, v in self._hist.items() if v.published is not None}
+            out["since_published"] = {k: v.since for k, v in self._hist.items()}
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -548,13 +560,13 @@ class ThresholdTracker:
                 live = np.asarray(v, dtype=np.float64)
                 pub = published.get(k)
                 if self._every == 0:
-                    self._hist[k] = [live, live, 0]
+                    self._hist[k] = _EntityScores(live, live)
                 elif pub is not None and len(pub) == self.bins:
-                    self._hist[k] = [live, np.asarray(pub, dtype=np.float64), int(since.get(k, 0))]
+                    self._hist[k] = _EntityScores(live, np.asarray(pub, dtype=np.float64), int(since.get(k, 0)))
                 elif k in since:  # its first block is not complete yet
-                    self._hist[k] = [live, None, int(since[k])]
+                    self._hist[k] = _EntityScores(live, None, int(since[k]))
                 else:  # a snapshot from before block publishing: publish what it had
-                    self._hist[k] = [live, live.copy(), 0]
+                    self._hist[k] = _EntityScores(live, live.copy())
 
 
 class RangeTracker:

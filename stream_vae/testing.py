@@ -10,7 +10,7 @@ import numpy as np
 
 from stream_vae.model.registry import LoadedModel, load_artifact, to_artifact
 from stream_vae.model.train import TrainedModel, train_model
-from stream_vae.records import RawRecord
+from stream_vae.records import FloatArray, RawRecord
 from stream_vae.synth import FEATURES, generate
 from stream_vae.topology import Topology, parse_topology
 
@@ -50,12 +50,12 @@ def raw_records(rows: Iterable[dict[str, Any] | bytes], *, topic: str = "t", par
     return out
 
 
-def iid_stream(n: int, seed: int) -> np.ndarray:  # type: ignore[type-arg]
+def iid_stream(n: int, seed: int) -> FloatArray:
     """Stationary correlated Gaussian metrics: 2 latent factors behind 4 features, plus noise."""
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, 2))
     mix = np.array([[1.0, 0.5, 0.0, 2.0], [0.0, 1.0, 1.0, -1.0]])
-    out: np.ndarray = z @ mix + 0.3 * rng.normal(size=(n, 4)) + np.array([10.0, 0.0, 5.0, 1.0])  # type: ignore[type-arg]
+    out: FloatArray = z @ mix + 0.3 * rng.normal(size=(n, 4)) + np.array([10.0, 0.0, 5.0, 1.0])
     return out
 
 
@@ -69,7 +69,7 @@ def iid_topology(**calibration: object) -> Topology:
     })
 
 
-def keyed_records(X: np.ndarray, keys: list[str]) -> list[RawRecord]:  # type: ignore[type-arg]
+def keyed_records(X: FloatArray, keys: list[str]) -> list[RawRecord]:
     """One JSON record per row of ``X`` (features f0..), keyed by ``entity``."""
     rows = [{"entity": k, **{f"f{j}": float(v) for j, v in enumerate(row)}} for row, k in zip(X, keys, strict=True)]
     return raw_records(rows)
