@@ -112,7 +112,7 @@ def run_throughput(*, records: int = 200_000, quiet: bool = False, faust_records
         tr = generate(n_steps=1500, anomaly_rate=0.0, seed=3)
         fast = topo.model_copy(update={"model": topo.model.model_copy(update={"epochs": 5})})
         model = load_artifact(to_artifact(train_model(tr.X, fast, entities=tr.entities), "bench"))
-        warm_up(model, len(topo.features))
+        warm_up(model)
         n_entities = 8
         stream = generate(n_entities=n_entities, n_steps=max(1, records // n_entities), t0=1500, seed=4)
         payloads = [json.dumps(r).encode() for r in stream.rows][:records]

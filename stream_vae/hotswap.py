@@ -27,9 +27,9 @@ log = structlog.get_logger("stream_vae.hotswap")
 SwapHook = Callable[[LoadedModel, LoadedModel, bool], None]
 
 
-def warm_up(model: LoadedModel, n_features: int) -> None:
+def warm_up(model: LoadedModel) -> None:
     """Score a small batch once (allocations, lazy init) and refuse a model that returns non-finite scores."""
-    x = np.zeros((8, n_features * model.window))
+    x = np.zeros((8, model.row_width))
     res = model.scorer.score_many(x)
     if not np.all(np.isfinite(res.score)):
         raise ModelLoadError(f"model {model.version}: warm-up produced non-finite scores; refusing to swap")
@@ -57,7 +57,7 @@ class ModelSlot:
 
     def load(self, version: str) -> LoadedModel:
         model = self.registry.load(self.topology.name, version, topology=self.topology)
-        warm_up(model, len(self.topology.features))
+        warm_up(model)
         return model
 
     async def wait_for_model(self, *, stop: asyncio.Event | None = None) -> Pipeline:

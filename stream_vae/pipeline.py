@@ -15,7 +15,7 @@ import numpy as np
 from stream_vae.alerts import AlertBuilder
 from stream_vae.calibrate import RangeTracker, ScoreSmoother, ThresholdTracker
 from stream_vae.model.registry import LoadedModel
-from stream_vae.preprocess import Windower
+from stream_vae.preprocess import SeasonalDiffer, Windower
 from stream_vae.records import Alert, BatchOutcome, RawRecord
 from stream_vae.topology import Topology
 from stream_vae.validate import Validator
@@ -39,7 +39,8 @@ def _active(model: LoadedModel) -> _Active:
 class Pipeline:
     """Scores batches of raw records with the active model.
 
-    Per record, in arrival order: validate, window per entity, scale, score (one torch call per
+    Per record, in arrival order: validate, append each feature's seasonal difference when the
+    model has a ``seasonal_period``, window per entity, scale, score (one torch call per
     batch), smooth the score over the entity's last ``calibration.smoothing`` records, compare
     with the entity's threshold (the calibrated one, moved by the label-free
     :class:`~stream_vae.calibrate.ThresholdTracker` when ``calibration.adapt == "track"``); with
@@ -53,12 +54,14 @@ class Pipeline:
     ``swap(model)`` replaces the model between batches: one reference assignment, so a batch is
     always scored by exactly one version and every alert names it. The smoothing and threshold
     state start afresh with the new model (its scores live on its own scale); the windows of raw
-    records are kept when the window length does not change.
+    records (and the seasonal history) are kept when the window length (and the seasonal period)
+    do not change.
     """
 
     def __init__(self, topology: Topology, model: LoadedModel) -> None:
         self.topology = topology
         self.validator = Validator(topology)
+        self.seasonal = SeasonalDiffer(model.seasonal_period)
         self.windower = Windower(model.window)
         self.alerts = AlertBuilder(topology)
         self._active = _active(model)
@@ -74,7 +77,10 @@ class Pipeline:
 
     def swap(self, model: LoadedModel) -> LoadedModel:
         """Make ``model`` active for the next batch; returns the previous one."""
-        if model.window != self.windower.window:
+        if model.seasonal_period != self.seasonal.period:
+            self.seasonal = SeasonalDiffer(model.seasonal_period)
+            self.windower = Windower(model.window)  # its rows change width (or meaning) with the period
+        elif model.window != self.windower.window:
             self.windower = Windower(model.window)
         old, self._active = self._active, _active(model)
         return old.model
@@ -84,6 +90,8 @@ class Pipeline:
         act = self._active
         return {
             "model_version": act.model.version,
+            "seasonal_period": self.seasonal.period,
+            "seasonal": self.seasonal.snapshot(),
             "windower": self.windower.snapshot(),
             "smoother": act.smoother.snapshot(),
             "tracker": act.tracker.snapshot(),
@@ -93,7 +101,9 @@ class Pipeline:
     def restore(self, state: dict[str, Any]) -> None:
         """Resume from ``snapshot()``; score state is only taken back for the same model version."""
         act = self._active
-        self.windower.restore(state.get("windower", {}))
+        self.seasonal.restore(state.get("seasonal", {}))  # raw records: any period reads its last ones
+        if state.get("seasonal_period", 0) == self.seasonal.period:  # else the windowed rows differ in width
+            self.windower.restore(state.get("windower", {}))
         if state.get("model_version") == act.model.version:
             act.smoother.restore(state.get("smoother", {}))
             act.tracker.restore(state.get("tracker", {}))
@@ -106,13 +116,17 @@ class Pipeline:
         if len(batch) == 0:
             return BatchOutcome([], [], rejected, None, cal.threshold, model.version)
         keys = batch.keys
-        X = model.scaler.transform(self.windower.transform(batch.X, keys))
+        feats = self.seasonal.transform(batch.X, keys)  # [features, their seasonal differences] or batch.X
+        X = model.scaler.transform(self.windower.transform(feats, keys))
         result = model.scorer.score_many(X)
         score = act.smoother.transform(result.score, keys)
         if score is not result.score:
             result = dataclasses.replace(result, score=score)
         thresholds, p_all = act.tracker.assess(score, keys)  # each record's threshold, then the state moves on
-        outside = act.ranges.outside(batch.X, keys)  # all False unless calibration.range_tolerance > 0
+        outside = act.ranges.outside(feats, keys)  # all False unless calibration.range_tolerance > 0
+        d = batch.X.shape[1]
+        if outside.shape[1] > d:  # a seasonal difference beyond its range is reported on its feature
+            outside = outside[:, :d] | outside[:, d:]
         beyond = np.any(outside, axis=1, keepdims=False).astype(bool)
         flagged = (score > thresholds) | beyond  # a feature beyond its range so far: flagged whatever the score
         idx = np.flatnonzero(flagged)

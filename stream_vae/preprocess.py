@@ -133,3 +133,145 @@ class Windower:
         self._reset()
         for k, rows in state.get("buffers", {}).items():
             self._buffers[k] = deque((np.asarray(r) for r in rows), maxlen=self.window)
+
+
+# --------------------------------------------------------------------------------------------
+# seasonal differences: each feature next to its change since one period ago
+# --------------------------------------------------------------------------------------------
+
+
+def seasonal_differences(X: FloatArray, period: int) -> FloatArray:
+    """``[X, X - X lagged by period]`` for the rows of one entity in arrival order.
+
+    The first ``period`` rows have no lagged value: their difference is 0 (what
+    :class:`SeasonalDiffer` gives a new entity), and training leaves them out. ``period`` 0 is
+    the identity.
+
+    Examples
+    --------
+    >>> seasonal_differences(np.array([[1.0], [5.0], [2.0], [7.0]]), 2).tolist()
+    [[1.0, 0.0], [5.0, 0.0], [2.0, 1.0], [7.0, 2.0]]
+    """
+    if period == 0:
+        return X
+    d = np.zeros_like(X, dtype=np.float64)
+    d[period:] = X[period:] - X[:-period]
+    out: FloatArray = np.hstack([X, d])
+    return out
+
+
+def lag_correlations(x: FloatArray, max_lag: int) -> FloatArray:
+    """Pearson correlation of ``x[:-k]`` with ``x[k:]`` for k = 0..max_lag (0 where either part is constant).
+
+    The correlation of the overlapping parts, not the textbook ACF estimator: that one shrinks by
+    ``(n - k) / n`` and would hide a period of half the data. O(n log n) through one FFT.
+
+    Examples
+    --------
+    >>> r = lag_correlations(np.sin(np.arange(200) * 2 * np.pi / 25), 60)
+    >>> [round(float(r[k]), 2) for k in (0, 25, 50, 12)]
+    [1.0, 1.0, 1.0, -0.99]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    x = x - x.mean()
+    f = np.fft.rfft(x, 2 * n)
+    xy = np.fft.irfft(f * np.conj(f), 2 * n)[: max_lag + 1]  # sum_t x[t] x[t + k]
+    c1 = np.concatenate([[0.0], np.cumsum(x)])
+    c2 = np.concatenate([[0.0], np.cumsum(x * x)])
+    k = np.arange(max_lag + 1)
+    m = n - k  # pairs at lag k
+    sa, sb = c1[m], c1[n] - c1[k]  # sums of x[:n-k] and x[k:]
+    va, vb = c2[m] - sa * sa / m, (c2[n] - c2[k]) - sb * sb / m
+    cov = xy - sa * sb / m
+    den = np.sqrt(np.maximum(va * vb, 0.0))
+    ok = den > 1e-12 * max(1.0, float(c2[n]))
+    out: FloatArray = np.where(ok, cov / np.where(ok, den, 1.0), 0.0)
+    return out
+
+
+def detect_period(
+    series: Sequence[FloatArray], *, min_lag: int, min_correlation: float = 0.75, min_rows_left: int = 100
+) -> int:
+    """The strongest seasonal period of training data, or 0 when there is none.
+
+    ``series``: one ``[n, D]`` array per entity, in arrival order. The lag correlations of every
+    non-constant feature of every entity are averaged; the period is the shortest lag in
+    ``[min_lag, max_lag]`` where they have a local maximum that reaches ``min_correlation`` and
+    comes within 0.05 of the highest such maximum (multiples of a period correlate as well as the
+    period itself; the shortest is the period). ``max_lag`` leaves
+    two periods and ``min_rows_left`` rows (training drops each entity's first period) in the
+    shortest entity. At a correlation ``r`` the seasonal difference has ``2 (1 - r)`` of the
+    series' variance, so the default 0.75 asks for a difference with at most half of it.
+
+    Examples
+    --------
+    >>> t = np.arange(600)
+    >>> x = np.sin(t * 2 * np.pi / 48) + 0.1 * np.random.default_rng(0).normal(size=600)
+    >>> detect_period([x.reshape(-1, 1)], min_lag=5)
+    48
+    >>> detect_period([np.random.default_rng(1).normal(size=(600, 2))], min_lag=5)
+    0
+    """
+    n_min = min((len(X) for X in series), default=0)
+    max_lag = min(n_min // 2, n_min - min_rows_left)
+    if max_lag <= min_lag:
+        return 0
+    curves = [
+        lag_correlations(X[:, j], max_lag)
+        for X in series for j in range(X.shape[1]) if np.ptp(X[:, j]) > 0
+    ]
+    if not curves:
+        return 0
+    r = np.mean(curves, axis=0)
+    k = np.arange(max(min_lag, 1), max_lag)  # local maxima need both neighbours
+    peaks = k[(r[k] > r[k - 1]) & (r[k] >= r[k + 1]) & (r[k] >= min_correlation)]
+    if not len(peaks):
+        return 0
+    return int(peaks[r[peaks] >= r[peaks].max() - 0.05][0])
+
+
+class SeasonalDiffer:
+    """Per entity, appends each record's change since ``period`` records ago (:func:`seasonal_differences` online).
+
+    A repeating pattern (a daily cycle) that the window is too short to see becomes visible: the
+    difference is small while today looks like yesterday, and large when the pattern breaks (a
+    missing daily peak, a flat stretch where a cycle should be). ``period`` 0 is the identity.
+    Bounded to ``max_entities`` (least recently seen forgotten); snapshot/restorable.
+
+    Examples
+    --------
+    >>> s = SeasonalDiffer(2)
+    >>> s.transform(np.array([[1.0], [5.0], [2.0]]), ["a"] * 3).tolist()
+    [[1.0, 0.0], [5.0, 0.0], [2.0, 1.0]]
+    >>> s.transform(np.array([[7.0]]), ["a"]).tolist()  # batches continue each other
+    [[7.0, 2.0]]
+    """
+
+    state_keys = ("history",)
+
+    def __init__(self, period: int, *, max_entities: int = 100_000) -> None:
+        self.period = period
+        self.max_entities = max_entities
+        self._history: OrderedDict[str, deque[FloatArray]] = OrderedDict()
+
+    def transform(self, X: FloatArray, keys: Sequence[str]) -> FloatArray:
+        if self.period == 0:
+            return X
+        d = np.zeros_like(X, dtype=np.float64)
+        for i, (row, key) in enumerate(zip(X, keys, strict=True)):
+            hist = lru_slot(self._history, key, partial(deque, maxlen=self.period), self.max_entities)
+            if len(hist) == self.period:
+                d[i] = row - hist[0]
+            hist.append(np.asarray(row, dtype=np.float64))
+        out: FloatArray = np.hstack([X, d])
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"history": {k: [r.tolist() for r in v] for k, v in self._history.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._history = OrderedDict(
+            (k, deque((np.asarray(r, dtype=np.float64) for r in rows), maxlen=self.period))
+            for k, rows in state.get("history", {}).items()
+        )

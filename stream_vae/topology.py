@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,6 +74,18 @@ class ModelSpec(_Strict):
         default="robust",
         description="gaussian: summed Gaussian NLL; robust: sum of log(1 + contribution / scale) per feature "
         "(Student-t like)",
+    )
+    seasonal_period: Annotated[int, Field(ge=0, le=1_000_000)] | Literal["auto"] = Field(
+        default=0,
+        description="give the model each feature's change since this many records ago too (per entity), so a "
+        "broken cycle the window is too short to see shows (a missing daily peak); 'auto': the strongest period "
+        "longer than the window in the training data, if its lag correlation reaches seasonal_min_correlation "
+        "(none found: off). 0 = off. Each entity's first period of records has no difference yet (0)",
+    )
+    seasonal_min_correlation: float = Field(
+        default=0.75, gt=0, lt=1,
+        description="seasonal_period=auto: the lag correlation a period needs (0.75: the seasonal difference has "
+        "at most half the series' variance)",
     )
     score_quantile: float = Field(
         default=0.0, ge=0, lt=1,

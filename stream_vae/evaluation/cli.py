@@ -32,10 +32,11 @@ eval_app = typer.Typer(
 
 SMD_DEFAULTS = EvalSettings()
 """SMD and ASD: windows of 5 records, robust score, fpr 0.005, tracked threshold (half-life 2000)."""
-NAB_DEFAULTS = EvalSettings(window=64, score="gaussian", smoothing=10, rate_cap=5.0, range_tolerance=0.05)
+NAB_DEFAULTS = EvalSettings(window=64, score="gaussian", smoothing=10, rate_cap=5.0, range_tolerance=0.05,
+                            seasonal_period="auto")
 """NAB: univariate, non-stationary series, calibrated on a few hundred records: long windows, the Gaussian
-NLL score, smoothed scores, flag rate capped at 5x the budget, and HTM's range rule (a value 5 % beyond
-the range so far)."""
+NLL score, smoothed scores, flag rate capped at 5x the budget, HTM's range rule (a value 5 % beyond
+the range so far), and seasonal differences where the probationary period shows a strong period."""
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="dataset folder with the layout of shared/data/<dataset>", show_default=False)
@@ -80,6 +81,11 @@ TrackEveryOpt = Annotated[
     int | None,
     typer.Option("--track-every", min=1, help="the tracked threshold moves once every N records of an entity"),
 ]
+SeasonalOpt = Annotated[
+    str | None,
+    typer.Option("--seasonal-period", help="also model each value's change since N records ago; 'auto': the "
+                 "strongest period longer than the window in the training rows, if any; 0 = off"),
+]
 MemberWindowsOpt = Annotated[
     str | None,
     typer.Option("--member-windows", help="one window per ensemble member, comma-separated (e.g. 1,5,10): a "
@@ -96,7 +102,7 @@ def _settings(
     baselines: str | None, fpr: float | None, smoothing: int | None, half_life: int | None, adapt: str | None,
     score: str | None, seed: int, score_quantile: float | None = None, ensemble: int | None = None,
     rate_cap: float | None = None, member_windows: str | None = None, range_tolerance: float | None = None,
-    batch_size: int | None = None, track_every: int | None = None,
+    batch_size: int | None = None, track_every: int | None = None, seasonal_period: str | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
@@ -116,6 +122,10 @@ def _settings(
             raise ConfigError(f"--member-windows needs windows between 1 and 256, got {member_windows!r}")
         changes.update(member_windows=ws, ensemble=len(ws))
         changes.setdefault("window", max(ws))
+    if seasonal_period is not None:
+        if seasonal_period != "auto" and not (seasonal_period.isdigit() and int(seasonal_period) <= 1_000_000):
+            raise ConfigError(f"--seasonal-period takes a record count (0 = off) or 'auto', got {seasonal_period!r}")
+        changes["seasonal_period"] = seasonal_period if seasonal_period == "auto" else int(seasonal_period)
     if adapt is not None:
         if adapt not in ("track", "off"):
             raise ConfigError(f"--adapt must be 'track' or 'off', got {adapt!r}")
@@ -200,13 +210,14 @@ def _smd_like_command(dataset: str, doc: str) -> Callable[..., None]:
         range_tolerance: RangeTolOpt = None,
         batch_size: BatchOpt = None,
         track_every: TrackEveryOpt = None,
+        seasonal_period: SeasonalOpt = None,
         seed: SeedOpt = 0,
     ) -> None:
         s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                       baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt,
                       score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap,
                       member_windows=member_windows, range_tolerance=range_tolerance, batch_size=batch_size,
-                      track_every=track_every)
+                      track_every=track_every, seasonal_period=seasonal_period)
         _run_smd_like(dataset, data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
     command.__name__ = dataset
@@ -256,6 +267,7 @@ def nab(
     range_tolerance: RangeTolOpt = None,
     batch_size: BatchOpt = None,
     track_every: TrackEveryOpt = None,
+    seasonal_period: SeasonalOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
@@ -265,7 +277,7 @@ def nab(
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
                   seed=seed, score_quantile=score_quantile, ensemble=ensemble,
                   rate_cap=rate_cap, member_windows=member_windows, range_tolerance=range_tolerance,
-                  batch_size=batch_size, track_every=track_every)
+                  batch_size=batch_size, track_every=track_every, seasonal_period=seasonal_period)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

@@ -47,6 +47,7 @@ from stream_vae.evaluation.metrics import (
     nab_raw_score,
     point_adjust,
 )
+from stream_vae.preprocess import seasonal_differences
 from stream_vae.records import FloatArray, RawRecord
 
 __all__ = [
@@ -100,6 +101,9 @@ class EvalSettings:
         ``ModelSpec.score``: ``"robust"`` (sum of log(1 + contribution / scale)) or ``"gaussian"`` (NLL).
     score_quantile
         ``ModelSpec.score_quantile``: the held-out quantile that sets each feature's scale (0 = none).
+    seasonal_period, seasonal_min_correlation
+        ``ModelSpec`` fields: records between a value and the one it is differenced with (0 = off,
+        ``"auto"`` = found in each entity's training rows), and the lag correlation 'auto' needs.
     smoothing, fpr, adapt, half_life, rate_cap, range_tolerance, track_every
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
         adaptation, its half-life (records), the flag-rate cap (multiple of the budget), the
@@ -123,6 +127,8 @@ class EvalSettings:
     center_windows: bool = False
     score: Literal["gaussian", "robust"] = "robust"
     score_quantile: float = 0.0
+    seasonal_period: int | Literal["auto"] = 0
+    seasonal_min_correlation: float = 0.75
     smoothing: int = 1
     fpr: float = 0.005
     adapt: Literal["off", "track"] = "track"
@@ -157,6 +163,7 @@ class StreamTrace:
     seconds_score: float = 0.0
     epochs: int = 0
     beyond_range: BoolArray | None = None  # flagged by the range rule, whatever the score
+    seasonal_period: int = 0  # the model's (resolved) ModelSpec.seasonal_period
 
 
 @dataclass
@@ -195,6 +202,8 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "score": settings.score,
                 "score_quantile": settings.score_quantile,
                 "center_windows": settings.center_windows,
+                "seasonal_period": settings.seasonal_period,
+                "seasonal_min_correlation": settings.seasonal_min_correlation,
             },
             "calibration": {
                 "fpr": settings.fpr,
@@ -266,8 +275,19 @@ def run_pipeline(train: FloatArray, test: FloatArray, settings: EvalSettings, *,
         score=score, threshold=thr, flagged=flagged, contributions=contrib,
         base_threshold=cal.threshold, reference_median=float(np.median(cal.reference)),
         seconds_fit=t1 - t0, seconds_score=time.perf_counter() - t1, epochs=len(model.history),
-        beyond_range=beyond,
+        beyond_range=beyond, seasonal_period=loaded.seasonal_period,
     )
+
+
+def seasonal_inputs(train: FloatArray, test: FloatArray, period: int) -> tuple[FloatArray, FloatArray]:
+    """The rows with the seasonal differences the pipeline gave the model: the baselines' input too.
+
+    As in training, the first ``period`` training rows (no lagged value) are left out; the test
+    stream starts afresh, as the pipeline saw it.
+    """
+    if period == 0:
+        return train, test
+    return seasonal_differences(train, period)[period:], seasonal_differences(test, period)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,11 +440,13 @@ def evaluate_entity(entity: Entity, settings: EvalSettings, *, progress: Progres
     metrics = detection_metrics(trace, entity.label, interpretation=entity.interpretation)
     metrics["seconds"] = round(trace.seconds_fit + trace.seconds_score, 1)
     metrics["epochs"] = trace.epochs
+    metrics["seasonal_period"] = trace.seasonal_period
     if progress:
         progress(f"{entity.name}: vae f1_best={metrics['f1_best']} auc_pr={metrics['auc_pr']} "
                  f"f1_online={metrics['f1_online']} ({metrics['seconds']}s)")
     base_traces: dict[str, StreamTrace] = {}
     base_metrics: dict[str, Metrics] = {}
+    train, test = seasonal_inputs(train, test, trace.seasonal_period)
     for name in settings.baselines:
         bt = run_baseline(name, train, test, settings)
         base_traces[name] = bt
@@ -612,9 +634,10 @@ def _nab_report(series: Sequence[NabSeries], traces: Sequence[StreamTrace]) -> M
     std_tau = best["standard"][1]
     _, std_files = _nab_scores(series, ratios, std_tau)
     per_file: dict[str, Metrics] = {}
-    for s, r in zip(series, ratios, strict=True):
+    for s, r, t in zip(series, ratios, traces, strict=True):
         probation = nab_probation_length(len(s.values))
         per_file[s.name] = {
+            "seasonal_period": t.seasonal_period,
             "raw_standard": round(std_files[s.name]["standard"], 4),
             "raw_standard_label_free": round(free_files[s.name]["standard"], 4),
             "windows": len(s.windows),
@@ -678,9 +701,11 @@ def evaluate_nab(
         n_train = nab_probation_length(len(x))
         trace = run_pipeline(x[:n_train], x, settings, key=s.name)
         traces.append(trace)
-        W = make_windows(x, settings.window)
+        xs_train, xs = seasonal_inputs(x[:n_train], x, trace.seasonal_period)
+        W = make_windows(xs, settings.window)
+        W_train = W[trace.seasonal_period : n_train]  # what the model trained on: rows with a lagged value
         for b in settings.baselines:
-            base[b].append(run_baseline(b, W[:n_train], W, settings, raw=(x[:n_train], x)))
+            base[b].append(run_baseline(b, W_train, W, settings, raw=(xs_train, xs)))
         if progress:
             probation = n_train
             progress(f"{s.name}: {len(x)} rows, {len(s.windows)} windows, "

@@ -60,6 +60,12 @@ class LoadedModel:
     window: int
     reference: dict[str, Any]
     digest: str
+    seasonal_period: int = 0  # records; the pipeline appends each feature's change since then (0 = off)
+
+    @property
+    def row_width(self) -> int:
+        """Columns of one featurized (windowed, seasonal) row: what the scorer takes."""
+        return max(v.n_in for v in self.scorer.members)
 
 
 def _sign(manifest: dict[str, Any], key: bytes) -> str:
@@ -79,6 +85,7 @@ def to_artifact(model: TrainedModel, version: str, *, signing_key: bytes | None 
         "created": time.time(),
         "features": list(topo.feature_names),
         "window": topo.window,
+        "seasonal_period": model.seasonal_period,
         "architecture": {
             "n_in": model.vae.n_in,
             "hidden": list(model.vae.hidden),
@@ -141,6 +148,7 @@ def load_artifact(art: Artifact, *, signing_key: bytes | None = None, topology: 
         window=int(m["window"]),
         reference=m.get("reference", {}),
         digest=digest,
+        seasonal_period=int(m.get("seasonal_period", 0)),  # artifacts before seasonal differences: none
     )
 
 

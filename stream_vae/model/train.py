@@ -19,7 +19,7 @@ from stream_vae.calibrate import Calibrator, ScoreSmoother
 from stream_vae.exceptions import ConfigError
 from stream_vae.model.scorer import VAEScorer
 from stream_vae.model.vae import VAE, AnyVAE, VAEEnsemble
-from stream_vae.preprocess import Scaler, make_windows
+from stream_vae.preprocess import Scaler, detect_period, make_windows, seasonal_differences
 from stream_vae.records import FloatArray
 from stream_vae.topology import ModelSpec, Topology
 
@@ -37,6 +37,7 @@ class TrainedModel:
     reference: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
     n_train: int = 0
+    seasonal_period: int = 0  # resolved ModelSpec.seasonal_period: 0 = no seasonal differences
 
     def scorer(self, version: str = "unregistered") -> VAEScorer:
         return VAEScorer(self.vae, n_features=len(self.topology.features), model_version=version)
@@ -57,6 +58,38 @@ def _windows_and_keys(X: FloatArray, entities: Sequence[str] | None, window: int
     parts = [make_windows(X[ent == e], window) for e in order]
     keys = [str(e) for e in order for _ in range(int(np.count_nonzero(ent == e)))]
     return np.concatenate(parts, axis=0), keys
+
+
+def _seasonal(
+    X: FloatArray, entities: Sequence[str] | None, topology: Topology
+) -> tuple[FloatArray, Sequence[str] | None, int]:
+    """Append each entity's seasonal differences (``ModelSpec.seasonal_period``, 'auto' resolved here).
+
+    Each entity's first period of rows has no lagged value and is left out; the rest keep their
+    arrival order. Returns the rows, their entities and the period (0: the rows unchanged).
+    """
+    spec = topology.model
+    ent = np.asarray(entities) if entities is not None else np.zeros(len(X), dtype=int)
+    groups = [np.flatnonzero(ent == e) for e in dict.fromkeys(ent.tolist())]
+    if spec.seasonal_period == "auto":
+        period = detect_period([X[g] for g in groups], min_lag=topology.window + 1,
+                               min_correlation=spec.seasonal_min_correlation)
+    else:
+        period = spec.seasonal_period
+    if period == 0:
+        return X, entities, 0
+    diff = np.zeros_like(X, dtype=np.float64)
+    keep = np.ones(len(X), dtype=bool)
+    for g in groups:
+        diff[g] = seasonal_differences(X[g], period)[:, X.shape[1]:]
+        keep[g[:period]] = False
+    if keep.sum() < 100:
+        raise ConfigError(
+            f"seasonal_period {period} leaves {int(keep.sum())} training rows (each entity's first period has no "
+            "lagged value); need at least 100: give more history or a shorter period"
+        )
+    kept = None if entities is None else [str(e) for e in ent[keep]]
+    return np.hstack([X, diff])[keep], kept, period
 
 
 def _fit(
@@ -133,6 +166,8 @@ def train_model(
         raise ConfigError(f"need at least 100 training rows, got {len(X)}")
     if not np.all(np.isfinite(X)):
         raise ConfigError("training data contains NaN or infinite values; clean or impute them first")
+    n_train = len(X)
+    X, entities, period = _seasonal(X, entities, topology)
     scaler = Scaler(center_windows=spec.center_windows).fit(X)
     # Window first, then scale: exactly what the pipeline does (Windower, then Scaler.transform of
     # the windowed row), so a per-window step such as center_windows is the same in training and
@@ -159,7 +194,7 @@ def train_model(
         torch.manual_seed(seed)  # member 0 is exactly the single model of this seed
         # A member with a shorter window sees the last records of the longest one (make_windows pads
         # the start the same way, so this is exactly that member's own windowing).
-        cols = windows[member] * n_features
+        cols = windows[member] * X.shape[1]  # columns per record: the features and their seasonal differences
         vae = VAE(cols, hidden=spec.hidden, latent_dim=spec.latent_dim, score=spec.score, n_features=n_features)
         _fit(vae, train_w[:, -cols:], val_w[:, -cols:], spec, rng=np.random.default_rng(seed), history=history,
              member=member, progress=progress, deadline=deadline)
@@ -187,4 +222,4 @@ def train_model(
         "score_std": float(val_scores.std()),
         "n": len(val_w),
     }
-    return TrainedModel(topology, model, scaler, cal, reference, history, n_train=len(X))
+    return TrainedModel(topology, model, scaler, cal, reference, history, n_train=n_train, seasonal_period=period)

@@ -149,3 +149,21 @@ def test_baselines_get_the_range_rule_when_it_is_on() -> None:
     assert on.flagged[30] and off.beyond_range is None
     others = np.arange(50) != 30
     assert on.flagged[others].tolist() == off.flagged[others].tolist()  # elsewhere the baseline's own decision
+
+
+def test_nab_with_seasonal_differences_reports_the_period_and_feeds_the_baselines_the_same(tmp_path: Path) -> None:
+    """With seasonal_period the model and the baselines both see each value next to its change since one
+    period ago (the baselines' windows are twice as wide); per_file names the period the model used."""
+    from stream_vae.evaluation.runner import seasonal_inputs
+
+    root = write_toy_nab(tmp_path)
+    s = EvalSettings(window=8, smoothing=3, epochs=4, hidden=(16, 8), latent_dim=2, baselines=("pca",),
+                     half_life=200, seasonal_period=20)
+    doc, series, traces = evaluate_nab(root, settings=s)
+    assert {f["seasonal_period"] for f in doc["per_file"].values()} == {20}
+    assert all(t.seasonal_period == 20 for t in traces)
+    x = series[0].values.reshape(-1, 1)
+    tr, te = seasonal_inputs(x[:100], x, 20)
+    assert tr.shape == (80, 2) and te.shape == (len(x), 2)
+    np.testing.assert_allclose(te[20:, 1], x[20:, 0] - x[:-20, 0])
+    assert np.isfinite(doc["baselines"]["pca"]["score_standard"])

@@ -229,19 +229,42 @@ def test_multiscale_members_read_the_last_records_of_the_longest_window() -> Non
     assert np.isfinite(v.nll_raw) and 0.0 <= v.alert_rate <= 1.0
 
 
-@pytest.mark.parametrize("center", [False, True])
-def test_training_windows_are_the_pipelines_windows(center: bool) -> None:
+@pytest.mark.parametrize(("center", "period"), [(False, 0), (True, 0), (False, 50)])
+def test_training_windows_are_the_pipelines_windows(center: bool, period: int) -> None:
     """Train/serve consistency: streaming the training rows through the pipeline reproduces the
     held-out scores the threshold was calibrated on (with centred windows too, which training
-    once skipped: it scaled single records, the pipeline scales windows)."""
+    once skipped: it scaled single records, the pipeline scales windows; and with seasonal
+    differences, which training leaves out for each entity's first period)."""
     from stream_vae.model.train import train_model
     from stream_vae.trainer import replay
 
     topo = synth_topology(window=4, model={"latent_dim": 3, "hidden": [16, 8], "epochs": 3, "kl_warmup_epochs": 1,
-                                           "center_windows": center})
+                                           "center_windows": center, "seasonal_period": period})
     s = generate(n_entities=1, n_steps=600, anomaly_rate=0.0, seed=2)
     m = train_model(s.X, topo, entities=list(s.entities))
-    n_val = max(20, int(len(s.X) * topo.model.validation_fraction))
+    assert m.seasonal_period == period
+    n_val = max(20, int((len(s.X) - period) * topo.model.validation_fraction))
     out = replay(topo, loaded(m), s.X, list(s.entities))
     assert out.result is not None
     np.testing.assert_allclose(np.sort(out.result.score[-n_val:]), m.calibrator.reference, rtol=1e-4, atol=1e-4)
+
+
+def test_seasonal_period_survives_the_artifact_and_needs_enough_rows() -> None:
+    """The resolved period travels in the manifest (old manifests load without one); a period that
+    leaves fewer than 100 training rows is refused with the reason."""
+    from stream_vae.model.registry import load_artifact, to_artifact
+    from stream_vae.model.train import train_model
+
+    topo = synth_topology(window=2, model={"epochs": 2, "kl_warmup_epochs": 1, "hidden": [8, 4], "latent_dim": 2,
+                                           "seasonal_period": 30})
+    s = generate(n_entities=1, n_steps=400, anomaly_rate=0.0, seed=1)
+    m = train_model(s.X, topo, entities=list(s.entities))
+    art = to_artifact(m, "v1")
+    assert art.manifest["seasonal_period"] == 30
+    lm = load_artifact(art, topology=topo)
+    assert lm.seasonal_period == 30 and lm.row_width == 2 * 2 * len(topo.features)
+    del art.manifest["seasonal_period"]
+    assert load_artifact(art).seasonal_period == 0
+    long = topo.model_copy(update={"model": topo.model.model_copy(update={"seasonal_period": 100})})
+    with pytest.raises(ConfigError, match="leaves 50 training rows"):
+        train_model(s.X[:150], long)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from stream_vae.exceptions import NotFittedError
-from stream_vae.preprocess import Scaler, Windower, make_windows
+from stream_vae.preprocess import (
+    Scaler,
+    SeasonalDiffer,
+    Windower,
+    detect_period,
+    lag_correlations,
+    make_windows,
+    seasonal_differences,
+)
 
 
 def test_scaler_round_trips_through_dict() -> None:
@@ -80,3 +90,48 @@ def test_centered_windows_remove_the_level_and_round_trip() -> None:
     assert s2.center_windows
     np.testing.assert_allclose(s2.transform(make_windows(X, 4)), W)
     assert not Scaler.from_dict({"mean": [0.0], "std": [1.0]}).center_windows
+
+
+def test_seasonal_differ_matches_offline_differences_per_entity_in_any_batching() -> None:
+    """Streaming seasonal differences per entity equal the offline ones, whatever the batch sizes."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(90, 2))
+    keys = ["a", "b", "a"] * 30
+    ka = np.array(keys) == "a"
+    for step in (1, 7, 90):
+        s = SeasonalDiffer(5)
+        online = np.vstack([s.transform(X[i : i + step], keys[i : i + step]) for i in range(0, 90, step)])
+        np.testing.assert_allclose(online[ka], seasonal_differences(X[ka], 5))
+        np.testing.assert_allclose(online[~ka], seasonal_differences(X[~ka], 5))
+    assert SeasonalDiffer(0).transform(X, keys) is X
+
+
+def test_seasonal_differ_snapshot_restore_resumes_and_is_bounded() -> None:
+    """A restored differ continues exactly (through JSON); the least recently seen entity is evicted."""
+    X = np.arange(40.0).reshape(20, 2)
+    s1 = SeasonalDiffer(4)
+    s1.transform(X[:6], ["k"] * 6)
+    s2 = SeasonalDiffer(4)
+    s2.restore(json.loads(json.dumps(s1.snapshot())))
+    np.testing.assert_allclose(s1.transform(X[6:], ["k"] * 14), s2.transform(X[6:], ["k"] * 14))
+    s3 = SeasonalDiffer(2, max_entities=2)
+    for k in "abc":
+        s3.transform(np.zeros((1, 1)), [k])
+    assert list(s3.snapshot()["history"]) == ["b", "c"]
+
+
+def test_detect_period_finds_the_cycle_of_all_entities_and_features_or_none() -> None:
+    """The shared period of several noisy entities and features is found, not one of its multiples;
+    noise, constants and data too short for two periods (plus 100 rows to train on) give 0."""
+    rng = np.random.default_rng(4)
+    t = np.arange(1500)
+    cycle = (t % 60 < 15).astype(float)  # a daily-like bump, 15 of every 60 records
+    ents = [np.column_stack([a * cycle + 0.2 * rng.normal(size=1500), rng.normal(size=1500) + 3 * cycle])
+            for a in (1.0, 4.0)]
+    assert detect_period(ents, min_lag=10) == 60
+    assert detect_period([e[:150] for e in ents], min_lag=10) == 0  # a lag of 60 would leave < 100 rows
+    assert detect_period([rng.normal(size=(1500, 3))], min_lag=10) == 0
+    assert detect_period([np.ones((1500, 2))], min_lag=10) == 0
+    assert detect_period(ents, min_lag=61) == 120  # a lag the window already covers is not a period
+    r = lag_correlations(ents[0][:, 0], 120)
+    assert r[0] == pytest.approx(1.0) and r[60] > 0.75 > r[30]

@@ -39,6 +39,9 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
         ({"window": 0}, "window"),
         ({"model": {"ensemble": 3, "member_windows": [1, 5]}}, "model"),
         ({"window": 5, "model": {"ensemble": 2, "member_windows": [1, 10]}}, "<root>"),
+        ({"model": {"seasonal_period": -1}}, "model.seasonal_period"),
+        ({"model": {"seasonal_period": "daily"}}, "model.seasonal_period"),
+        ({"model": {"seasonal_min_correlation": 1.0}}, "model.seasonal_min_correlation"),
     ],
 )
 def test_bad_values_are_rejected(patch: dict[str, object], field: str) -> None:
