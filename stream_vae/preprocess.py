@@ -271,6 +271,8 @@ class SeasonalDiffer:
         return {"history": {k: [r.tolist() for r in v] for k, v in self._history.items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
+        if self.period == 0:
+            return  # nothing to difference against: keep no history
         self._history = OrderedDict(
             (k, deque((np.asarray(r, dtype=np.float64) for r in rows), maxlen=self.period))
             for k, rows in state.get("history", {}).items()
