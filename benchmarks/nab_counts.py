@@ -16,7 +16,7 @@ import numpy as np
 
 from stream_vae.evaluation.cli import NAB_DEFAULTS
 from stream_vae.evaluation.metrics import nab_probation_length
-from stream_vae.evaluation.runner import _ratio, evaluate_nab, onsets
+from stream_vae.evaluation.runner import _ratio, alerted, evaluate_nab
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     for name, tau in (("corpus threshold", doc["threshold_ratio"]["score_standard"]), ("label-free", 1.0)):
         found = total = outside = 0
         for s, tr in zip(series, traces, strict=True):
-            det = onsets(_ratio(tr) > tau)
+            det = alerted(_ratio(tr), tau, settings.alert_group)
             det[: nab_probation_length(len(s.values))] = False
             in_window = np.zeros(len(det), dtype=bool)
             for a, b in s.window_indices:

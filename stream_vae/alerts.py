@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-from stream_vae.records import Alert, FloatArray, ScoreResult, ValidBatch
+from stream_vae.lru import entity_groups, lru_slot
+from stream_vae.records import Alert, BoolArray, FloatArray, ScoreResult, ValidBatch
 from stream_vae.topology import Topology
 
 
@@ -42,13 +47,15 @@ class AlertBuilder:
         calibration_id: str,
         drift_episode: str | None = None,
         outside: np.ndarray | None = None,  # type: ignore[type-arg]
+        incidents: Sequence[str | None] | None = None,
     ) -> list[Alert]:
-        """One alert per flagged row; ``outside[i, j]``: feature j of row i left its range (RangeTracker)."""
+        """One alert per flagged row; ``outside[i, j]``: feature j of row i left its range (RangeTracker);
+        ``incidents[i]``: the incident row i belongs to (:class:`IncidentTracker`; default: its own)."""
         spec = self.topology.alerts
         fpr = self.topology.calibration.fpr
         k = min(spec.top_features, len(self._names))
         out: list[Alert] = []
-        for i in np.flatnonzero(flagged):
+        for i in np.flatnonzero(flagged).tolist():
             contrib = result.contributions[i]
             top = np.argsort(-contrib)[:k]
             total = float(np.abs(contrib).sum()) or 1.0
@@ -60,6 +67,8 @@ class AlertBuilder:
                     item["value"] = float(batch.X[i, j])
                 feats.append(item)
             rec = batch.records[i]
+            own = _record_id(batch, i)
+            incident = (incidents[i] if incidents is not None else None) or own
             p = float(p_values[i])
             out.append(
                 Alert(
@@ -80,6 +89,90 @@ class AlertBuilder:
                     calibration_id=calibration_id,
                     drift_episode=drift_episode,
                     beyond_range=[] if outside is None else [self._names[j] for j in np.flatnonzero(outside[i])],
+                    incident=incident,
+                    incident_event="open" if incident == own else "escalate",
                 )
             )
         return out
+
+
+def incident_alerts(
+    flagged: BoolArray, beyond: BoolArray, *, in_run: bool = False, in_range_run: bool = False
+) -> BoolArray:
+    """Which records of one entity (arrival order) an incident-grouped stream alerts on.
+
+    An incident is a run of consecutive flagged records. It alerts when it opens (its first
+    record) and when it escalates: the first record of a run of range-rule hits inside it (a
+    feature beyond everything the entity has shown, ``beyond``). ``in_run`` / ``in_range_run``:
+    whether the record before the first one was flagged / a range-rule hit.
+
+    Examples
+    --------
+    >>> f = np.array([0, 1, 1, 1, 1, 0, 1], dtype=bool)
+    >>> b = np.array([0, 0, 1, 1, 0, 0, 0], dtype=bool)
+    >>> incident_alerts(f, b).astype(int).tolist()
+    [0, 1, 1, 0, 0, 0, 1]
+    >>> incident_alerts(f[1:], b[1:], in_run=True).astype(int).tolist()  # the incident was already open
+    [0, 1, 0, 0, 0, 1]
+    """
+    f = np.asarray(flagged, dtype=bool)
+    b = np.asarray(beyond, dtype=bool) & f
+    prev_f = np.concatenate([[in_run], f[:-1]])
+    prev_b = np.concatenate([[in_run and in_range_run], b[:-1]])
+    out: BoolArray = (f & ~prev_f) | (b & ~prev_b)
+    return out
+
+
+class IncidentTracker:
+    """Per entity, whether an incident is open: turns flagged records into incident alerts (``alerts.group``).
+
+    With ``group = "record"`` every flagged record alerts (each is its own incident). With
+    ``"incident"`` only :func:`incident_alerts` records do, so a sustained anomaly pages once (and
+    again when it escalates), not once per record; every alert names its incident by the record
+    that opened it (``topic:partition:offset``), stable across replays. Bounded to ``max_entities``
+    (least recently seen forgotten); snapshot/restorable.
+    """
+
+    state_keys = ("open",)
+
+    def __init__(self, group: str, *, max_entities: int = 100_000) -> None:
+        self.group = group
+        self.max_entities = max_entities
+        self._open: OrderedDict[str, list[Any]] = OrderedDict()  # key -> [incident id or None, in range run]
+
+    def select(self, batch: ValidBatch, flagged: BoolArray, beyond: BoolArray) -> tuple[BoolArray, list[str | None]]:
+        """Records to alert on, and each record's incident id (None when not flagged)."""
+        n = len(flagged)
+        ids: list[str | None] = [None] * n
+        if self.group == "record":
+            for i in np.flatnonzero(flagged):
+                ids[i] = _record_id(batch, int(i))
+            return np.asarray(flagged, dtype=bool), ids
+        alert = np.zeros(n, dtype=bool)
+        for key, idx in entity_groups(batch.keys).items():
+            state = lru_slot(self._open, key, lambda: [None, False], self.max_entities)
+            f, b = flagged[idx], beyond[idx] & flagged[idx]
+            alert[idx] = incident_alerts(f, b, in_run=state[0] is not None, in_range_run=bool(state[1]))
+            current = state[0]
+            for j, i in enumerate(idx):
+                if not f[j]:
+                    current = None
+                    continue
+                if current is None:
+                    current = _record_id(batch, int(i))
+                ids[i] = current
+            state[0], state[1] = current, bool(b[-1]) if current is not None else False
+        return alert, ids
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"open": {k: v for k, v in self._open.items() if v[0] is not None}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._open = OrderedDict((k, [v[0], bool(v[1])]) for k, v in state.get("open", {}).items())
+
+
+def _record_id(batch: ValidBatch, i: int) -> str:
+    """An incident's id: where its first record is in Kafka (stable when the records are replayed)."""
+    rec = batch.records[i]
+    return f"{rec.topic}:{rec.partition}:{rec.offset}"
+

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from stream_vae.exceptions import NotCalibratedError
-from stream_vae.lru import lru_slot
+from stream_vae.lru import entity_groups, lru_slot
 from stream_vae.records import FloatArray
 
 if TYPE_CHECKING:
@@ -249,19 +249,6 @@ class Calibrator:
         return f"{model_version}/{self.method}-{self.fpr:g}-{digest}"
 
 
-def _groups(keys: Sequence[str]) -> dict[str, np.ndarray[Any, np.dtype[np.intp]]]:
-    """Row indices of each key, in arrival order (one group without sorting when all keys agree)."""
-    if len(keys) == 0:
-        return {}
-    first = keys[0]
-    if all(k == first for k in keys):
-        return {first: np.arange(len(keys))}
-    uniq, inv = np.unique(np.asarray(keys), return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    parts = np.split(order, np.cumsum(np.bincount(inv))[:-1])
-    return {str(u): idx for u, idx in zip(uniq, parts, strict=True)}
-
-
 class ScoreSmoother:
     """Mean score over the last ``n`` records of each entity, bounded to ``max_entities`` (least recent evicted).
 
@@ -292,7 +279,7 @@ class ScoreSmoother:
         if self.n <= 1:
             return scores
         out = np.empty(len(scores), dtype=np.float64)
-        for key, idx in _groups(keys).items():
+        for key, idx in entity_groups(keys).items():
             buf = lru_slot(self._buffers, key, lambda: deque(maxlen=self.n - 1), self.max_entities)
             new = np.asarray(scores[idx], dtype=np.float64)
             seq = np.concatenate([np.fromiter(buf, dtype=np.float64, count=len(buf)), new])
@@ -478,7 +465,7 @@ class ThresholdTracker:
         """The threshold each record would be compared with now (its entity's published one)."""
         out = np.full(len(keys), self._base, dtype=np.float64)
         if self._active:
-            for key, idx in _groups(keys).items():
+            for key, idx in entity_groups(keys).items():
                 out[idx] = self._threshold(self._published(key))
         return out
 
@@ -487,7 +474,7 @@ class ThresholdTracker:
         if not self._active:
             return self.calibrator.p_value(scores)
         mapped = np.empty(len(scores), dtype=np.float64)
-        for key, idx in _groups(keys).items():
+        for key, idx in entity_groups(keys).items():
             mapped[idx] = self._mapped(scores[idx], self._published(key))
         return self.calibrator.p_value(mapped)
 
@@ -501,7 +488,7 @@ class ThresholdTracker:
             return np.full(len(scores), self._base, dtype=np.float64), self.calibrator.p_value(scores)
         thr = np.empty(len(scores), dtype=np.float64)
         mapped = np.empty(len(scores), dtype=np.float64)
-        for key, idx in _groups(keys).items():
+        for key, idx in entity_groups(keys).items():
             for seg in self._segments(key, idx):
                 hist = self._published(key)
                 thr[seg] = self._threshold(hist)
@@ -513,7 +500,7 @@ class ThresholdTracker:
         """Fold a batch of scores (arrival order) into each entity's decayed histogram."""
         if not self._active:
             return
-        for key, idx in _groups(keys).items():
+        for key, idx in entity_groups(keys).items():
             for seg in self._segments(key, idx):
                 self._fold(key, scores[seg])
 
@@ -609,7 +596,7 @@ class RangeTracker:
         out = np.zeros(X.shape, dtype=np.bool_)
         if not self.active or len(X) == 0:
             return out
-        for key, idx in _groups(keys).items():
+        for key, idx in entity_groups(keys).items():
             rows = np.asarray(X[idx], dtype=np.float64)
             state = lru_slot(self._ranges, key, partial(self._start, rows[0]), self.max_entities)
             lo0, hi0 = state[0], state[1]

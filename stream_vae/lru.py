@@ -1,10 +1,12 @@
-"""Bounded per-entity state: the one LRU rule that windows, smoothers and trackers share."""
+"""Per-entity state: the one LRU rule that windows, smoothers and trackers share, and grouping by entity."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
 
 V = TypeVar("V")
 
@@ -31,3 +33,16 @@ def lru_slot(table: OrderedDict[str, V], key: str, make: Callable[[], V], max_en
     else:
         table.move_to_end(key)
     return value
+
+
+def entity_groups(keys: Sequence[str]) -> dict[str, np.ndarray[Any, np.dtype[np.intp]]]:
+    """Row indices of each key, in arrival order (one group without sorting when all keys agree)."""
+    if len(keys) == 0:
+        return {}
+    first = keys[0]
+    if all(k == first for k in keys):
+        return {first: np.arange(len(keys))}
+    uniq, inv = np.unique(np.asarray(keys), return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    parts = np.split(order, np.cumsum(np.bincount(inv))[:-1])
+    return {str(u): idx for u, idx in zip(uniq, parts, strict=True)}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_vae.alerts import AlertBuilder
+from stream_vae.alerts import AlertBuilder, IncidentTracker
 from stream_vae.calibrate import RangeTracker, ScoreSmoother, ThresholdTracker
 from stream_vae.model.registry import LoadedModel
 from stream_vae.preprocess import SeasonalDiffer, Windower
@@ -46,10 +46,11 @@ class Pipeline:
     :class:`~stream_vae.calibrate.ThresholdTracker` when ``calibration.adapt == "track"``); with
     ``calibration.range_tolerance`` set, a record whose raw feature leaves its entity's range so far
     (:class:`~stream_vae.calibrate.RangeTracker`) is flagged too, and its alert names the features
-    (``beyond_range``); then build alerts. ``BatchOutcome.result.score`` is the smoothed score the
-    threshold was applied to; every alert carries its own threshold. Each record is judged by the
-    threshold its entity had published before it (``calibration.track_every``), so the same records
-    are flagged whatever the batching.
+    (``beyond_range``); then build alerts: one per flagged record, or with ``alerts.group:
+    incident`` one when a run of flagged records of an entity opens and one when it escalates.
+    ``BatchOutcome.result.score`` is the smoothed score the threshold was applied to; every alert
+    carries its own threshold. Each record is judged by the threshold its entity had published
+    before it (``calibration.track_every``), so the same records are flagged whatever the batching.
 
     ``swap(model)`` replaces the model between batches: one reference assignment, so a batch is
     always scored by exactly one version and every alert names it. The smoothing and threshold
@@ -64,6 +65,7 @@ class Pipeline:
         self.seasonal = SeasonalDiffer(model.seasonal_period)
         self.windower = Windower(model.window)
         self.alerts = AlertBuilder(topology)
+        self.incidents = IncidentTracker(topology.alerts.group)  # kept across swaps: an open incident stays open
         self._active = _active(model)
 
     @property
@@ -93,6 +95,7 @@ class Pipeline:
             "seasonal_period": self.seasonal.period,
             "seasonal": self.seasonal.snapshot(),
             "windower": self.windower.snapshot(),
+            "incidents": self.incidents.snapshot(),
             "smoother": act.smoother.snapshot(),
             "tracker": act.tracker.snapshot(),
             "ranges": act.ranges.snapshot(),
@@ -104,6 +107,7 @@ class Pipeline:
         self.seasonal.restore(state.get("seasonal", {}))  # raw records: any period reads its last ones
         if state.get("seasonal_period", 0) == self.seasonal.period:  # else the windowed rows differ in width
             self.windower.restore(state.get("windower", {}))
+        self.incidents.restore(state.get("incidents", {}))
         if state.get("model_version") == act.model.version:
             act.smoother.restore(state.get("smoother", {}))
             act.tracker.restore(state.get("tracker", {}))
@@ -129,14 +133,15 @@ class Pipeline:
             outside = outside[:, :d] | outside[:, d:]
         beyond = np.any(outside, axis=1, keepdims=False).astype(bool)
         flagged = (score > thresholds) | beyond  # a feature beyond its range so far: flagged whatever the score
-        idx = np.flatnonzero(flagged)
+        alerting, incident_ids = self.incidents.select(batch, flagged, beyond)  # alerts.group
+        idx = np.flatnonzero(alerting)
         alerts: list[tuple[int, Alert]] = []
         for thr in np.unique(thresholds[idx]):
-            mask = flagged & (thresholds == thr)
+            mask = alerting & (thresholds == thr)
             built = self.alerts.build(
                 batch, result, mask, p_all,
                 threshold=float(thr), calibration_id=model.calibration_id, drift_episode=drift_episode,
-                outside=outside if act.ranges.active else None,
+                outside=outside if act.ranges.active else None, incidents=incident_ids,
             )
             alerts.extend(zip(np.flatnonzero(mask).tolist(), built, strict=True))
         alerts.sort(key=lambda pair: pair[0])

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,8 @@ class Alert:
     calibration_id: str
     drift_episode: str | None = None
     beyond_range: list[str] = field(default_factory=list)  # features that left the entity's range (if any)
+    incident: str | None = None  # topic:partition:offset of the record that opened the run of flags
+    incident_event: str = "open"  # open | escalate (alerts.group = incident); open for every record otherwise
     id: str = ""
     time: str = ""
 
@@ -98,6 +101,7 @@ class Alert:
             "calibration_id": self.calibration_id,
             "drift_episode": self.drift_episode,
             "beyond_range": self.beyond_range,
+            "incident": {"id": self.incident, "event": self.incident_event},
         }
 
     def to_event(self) -> dict[str, Any]:

@@ -136,6 +136,7 @@ class CalibrationSpec(_Strict):
 
 DriftTest = Literal["score", "latent", "multivariate"]
 DuringDrift = Literal["mark", "suppress_medium", "suppress_all"]
+AlertGrouping = Literal["record", "incident"]
 
 
 class DriftSpec(_Strict):
@@ -206,6 +207,11 @@ class AlertSpec(_Strict):
     severity_high: float = Field(default=0.1, gt=0, le=1)
     severity_critical: float = Field(default=0.01, gt=0, le=1)
     cooldown_s: float = Field(default=60.0, ge=0, description="at most one anomaly alert per key in this time")
+    group: AlertGrouping = Field(
+        default="record", description="record: every flagged record alerts; incident: a run of consecutive flagged "
+        "records of a key alerts once when it opens and again when it escalates (a feature beyond the key's range "
+        "so far, calibration.range_tolerance); every alert names its incident",
+    )
     during_drift: DuringDrift = Field(
         default="suppress_medium", description="while a drift episode is open: mark alerts, or drop lower ones"
     )

@@ -86,6 +86,11 @@ SeasonalOpt = Annotated[
     typer.Option("--seasonal-period", help="also model each value's change since N records ago; 'auto': the "
                  "strongest period longer than the window in the training rows, if any; 0 = off"),
 ]
+AlertGroupOpt = Annotated[
+    str | None,
+    typer.Option("--alert-group", help="which flagged records alert (alerts.group): record | incident (one per run "
+                 "of flags, plus escalations); NAB counts alerts as detections"),
+]
 MemberWindowsOpt = Annotated[
     str | None,
     typer.Option("--member-windows", help="one window per ensemble member, comma-separated (e.g. 1,5,10): a "
@@ -103,6 +108,7 @@ def _settings(
     score: str | None, seed: int, score_quantile: float | None = None, ensemble: int | None = None,
     rate_cap: float | None = None, member_windows: str | None = None, range_tolerance: float | None = None,
     batch_size: int | None = None, track_every: int | None = None, seasonal_period: str | None = None,
+    alert_group: str | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
@@ -126,6 +132,10 @@ def _settings(
         if seasonal_period != "auto" and not (seasonal_period.isdigit() and int(seasonal_period) <= 1_000_000):
             raise ConfigError(f"--seasonal-period takes a record count (0 = off) or 'auto', got {seasonal_period!r}")
         changes["seasonal_period"] = seasonal_period if seasonal_period == "auto" else int(seasonal_period)
+    if alert_group is not None:
+        if alert_group not in ("record", "incident"):
+            raise ConfigError(f"--alert-group must be 'record' or 'incident', got {alert_group!r}")
+        changes["alert_group"] = alert_group
     if adapt is not None:
         if adapt not in ("track", "off"):
             raise ConfigError(f"--adapt must be 'track' or 'off', got {adapt!r}")
@@ -211,13 +221,14 @@ def _smd_like_command(dataset: str, doc: str) -> Callable[..., None]:
         batch_size: BatchOpt = None,
         track_every: TrackEveryOpt = None,
         seasonal_period: SeasonalOpt = None,
+        alert_group: AlertGroupOpt = None,
         seed: SeedOpt = 0,
     ) -> None:
         s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                       baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt,
                       score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap,
                       member_windows=member_windows, range_tolerance=range_tolerance, batch_size=batch_size,
-                      track_every=track_every, seasonal_period=seasonal_period)
+                      track_every=track_every, seasonal_period=seasonal_period, alert_group=alert_group)
         _run_smd_like(dataset, data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
     command.__name__ = dataset
@@ -268,6 +279,7 @@ def nab(
     batch_size: BatchOpt = None,
     track_every: TrackEveryOpt = None,
     seasonal_period: SeasonalOpt = None,
+    alert_group: AlertGroupOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
@@ -277,7 +289,8 @@ def nab(
                   baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt, score=score,
                   seed=seed, score_quantile=score_quantile, ensemble=ensemble,
                   rate_cap=rate_cap, member_windows=member_windows, range_tolerance=range_tolerance,
-                  batch_size=batch_size, track_every=track_every, seasonal_period=seasonal_period)
+                  batch_size=batch_size, track_every=track_every, seasonal_period=seasonal_period,
+                  alert_group=alert_group)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from stream_vae.alerts import incident_alerts
 from stream_vae.evaluation.baselines import BASELINES, SupportsContributions
 from stream_vae.evaluation.datasets import Entity, NabSeries, list_entities, load_nab, load_smd_like
 from stream_vae.evaluation.metrics import (
@@ -48,7 +49,8 @@ from stream_vae.evaluation.metrics import (
     point_adjust,
 )
 from stream_vae.preprocess import seasonal_differences
-from stream_vae.records import FloatArray, RawRecord
+from stream_vae.records import BoolArray, FloatArray, RawRecord
+from stream_vae.topology import AlertGrouping
 
 __all__ = [
     "METRIC_KEYS",
@@ -82,7 +84,6 @@ EXTRA_KEYS = ("f1_online_static", "f1_pa_online_static", "flag_rate")
 NAB_PROFILE_KEYS = {"standard": "score_standard", "reward_low_FP_rate": "score_low_fp",
                     "reward_low_FN_rate": "score_low_fn"}
 
-BoolArray = NDArray[np.bool_]
 Progress = Callable[[str], None]
 Metrics = dict[str, Any]
 
@@ -104,6 +105,9 @@ class EvalSettings:
     seasonal_period, seasonal_min_correlation
         ``ModelSpec`` fields: records between a value and the one it is differenced with (0 = off,
         ``"auto"`` = found in each entity's training rows), and the lag correlation 'auto' needs.
+    alert_group
+        ``AlertSpec.group``: which flagged records publish an alert (NAB counts those as detections;
+        SMD/ASD score the flags themselves).
     smoothing, fpr, adapt, half_life, rate_cap, range_tolerance, track_every
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
         adaptation, its half-life (records), the flag-rate cap (multiple of the budget), the
@@ -129,6 +133,7 @@ class EvalSettings:
     score_quantile: float = 0.0
     seasonal_period: int | Literal["auto"] = 0
     seasonal_min_correlation: float = 0.75
+    alert_group: AlertGrouping = "incident"
     smoothing: int = 1
     fpr: float = 0.005
     adapt: Literal["off", "track"] = "track"
@@ -164,6 +169,7 @@ class StreamTrace:
     epochs: int = 0
     beyond_range: BoolArray | None = None  # flagged by the range rule, whatever the score
     seasonal_period: int = 0  # the model's (resolved) ModelSpec.seasonal_period
+    alerted: BoolArray | None = None  # the records the pipeline built an alert for (alerts.group)
 
 
 @dataclass
@@ -214,6 +220,7 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "range_tolerance": settings.range_tolerance,
                 "track_every": settings.track_every,
             },
+            "alerts": {"group": settings.alert_group},
         },
         source="<eval>",
     )
@@ -257,6 +264,7 @@ def run_pipeline(train: FloatArray, test: FloatArray, settings: EvalSettings, *,
     score, thr = np.empty(n), np.empty(n)
     flagged = np.zeros(n, dtype=bool)
     beyond = np.zeros(n, dtype=bool)
+    alerted = np.zeros(n, dtype=bool)
     contrib = np.empty((n, test.shape[1]))
     records = _records(np.asarray(test, dtype=np.float64), key)
     for lo in range(0, n, settings.batch_size):
@@ -270,12 +278,13 @@ def run_pipeline(train: FloatArray, test: FloatArray, settings: EvalSettings, *,
         flagged[lo:hi] = out.is_anomaly
         beyond[lo:hi] = out.beyond_range
         thr[lo:hi] = out.thresholds
+        alerted[[a.offset for a in out.alerts]] = True  # the eval's offsets are row numbers
     cal = loaded.calibrator
     return StreamTrace(
         score=score, threshold=thr, flagged=flagged, contributions=contrib,
         base_threshold=cal.threshold, reference_median=float(np.median(cal.reference)),
         seconds_fit=t1 - t0, seconds_score=time.perf_counter() - t1, epochs=len(model.history),
-        beyond_range=beyond, seasonal_period=loaded.seasonal_period,
+        beyond_range=beyond, seasonal_period=loaded.seasonal_period, alerted=alerted,
     )
 
 
@@ -568,17 +577,24 @@ NAB_RATIOS = tuple(float(x) for x in np.round(np.geomspace(0.5, 200.0, 61), 4))
 """Corpus-wide thresholds tried on ``(score - median) / (threshold - median)``; 1.0 = the online decision."""
 
 
-def onsets(flags: BoolArray) -> BoolArray:
-    """Alerts from flags: one at the first record of each run of consecutive flagged records.
+def alerted(ratio: FloatArray, tau: float, group: AlertGrouping = "incident") -> BoolArray:
+    """The records a worker would alert on if it flagged ``ratio > tau`` (``alerts.group``).
+
+    ``ratio`` is :func:`_ratio`: the range rule's records are infinite, so flagged at every ``tau``
+    and escalations of an incident. ``"record"``: every flagged record; ``"incident"``: the first
+    record of each run of flags and the first of each run of range-rule hits inside it
+    (:func:`~stream_vae.alerts.incident_alerts`, what the pipeline publishes).
 
     Examples
     --------
-    >>> onsets(np.array([0, 1, 1, 0, 1], dtype=bool)).astype(int).tolist()
-    [0, 1, 0, 0, 1]
+    >>> r = np.array([0.5, 2.0, np.inf, 3.0, 0.1, 2.0])
+    >>> alerted(r, 1.0).astype(int).tolist(), alerted(r, 1.0, "record").astype(int).tolist()
+    ([0, 1, 1, 0, 0, 1], [0, 1, 1, 1, 0, 1])
     """
-    out = flags.copy()
-    out[1:] &= ~flags[:-1]
-    return out
+    flags = ratio > tau
+    if group == "record":
+        return flags
+    return incident_alerts(flags, np.isinf(ratio))
 
 
 def _ratio(trace: StreamTrace) -> FloatArray:
@@ -595,13 +611,14 @@ def _ratio(trace: StreamTrace) -> FloatArray:
 
 
 def _nab_scores(
-    series: Sequence[NabSeries], ratios: Sequence[FloatArray], tau: float
+    series: Sequence[NabSeries], ratios: Sequence[FloatArray], tau: float, group: AlertGrouping = "incident"
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Normalised corpus score per profile at corpus threshold ``tau`` and raw scores per file."""
+    """Normalised corpus score per profile at corpus threshold ``tau`` and raw scores per file; a NAB
+    detection is a record alerted on (:func:`alerted`)."""
     per_file: dict[str, dict[str, float]] = {}
     totals = {p: [0.0, 0.0, 0.0] for p in NAB_PROFILES}  # raw, null, perfect
     for s, r in zip(series, ratios, strict=True):
-        det = onsets(r > tau)
+        det = alerted(r, tau, group)
         row: dict[str, float] = {}
         for pname, prof in NAB_PROFILES.items():
             raw = nab_raw_score(det, s.timestamps, s.windows, prof)
@@ -618,21 +635,21 @@ def _nab_scores(
     return norm, per_file
 
 
-def _nab_report(series: Sequence[NabSeries], traces: Sequence[StreamTrace]) -> Metrics:
+def _nab_report(series: Sequence[NabSeries], traces: Sequence[StreamTrace], group: AlertGrouping) -> Metrics:
     """NAB protocol (one corpus threshold per profile, best on the labels) and the label-free decision."""
     ratios = [_ratio(t) for t in traces]
     best: dict[str, tuple[float, float]] = {}
     for tau in NAB_RATIOS:
-        norm, _ = _nab_scores(series, ratios, tau)
+        norm, _ = _nab_scores(series, ratios, tau, group)
         for p, v in norm.items():
             if p not in best or v > best[p][0]:
                 best[p] = (v, tau)
-    free, free_files = _nab_scores(series, ratios, 1.0)
+    free, free_files = _nab_scores(series, ratios, 1.0, group)
     out: Metrics = {NAB_PROFILE_KEYS[p]: round(v, 2) for p, (v, _) in best.items()}
     out["threshold_ratio"] = {NAB_PROFILE_KEYS[p]: tau for p, (_, tau) in best.items()}
     out["label_free"] = {NAB_PROFILE_KEYS[p]: round(v, 2) for p, v in free.items()}
     std_tau = best["standard"][1]
-    _, std_files = _nab_scores(series, ratios, std_tau)
+    _, std_files = _nab_scores(series, ratios, std_tau, group)
     per_file: dict[str, Metrics] = {}
     for s, r, t in zip(series, ratios, traces, strict=True):
         probation = nab_probation_length(len(s.values))
@@ -641,14 +658,16 @@ def _nab_report(series: Sequence[NabSeries], traces: Sequence[StreamTrace]) -> M
             "raw_standard": round(std_files[s.name]["standard"], 4),
             "raw_standard_label_free": round(free_files[s.name]["standard"], 4),
             "windows": len(s.windows),
-            "detections_label_free": int(onsets(r > 1.0)[probation:].sum()),
-            "detections_standard": int(onsets(r > std_tau)[probation:].sum()),
+            "detections_label_free": int(alerted(r, 1.0, group)[probation:].sum()),
+            "detections_standard": int(alerted(r, std_tau, group)[probation:].sum()),
         }
     out["per_file"] = per_file
     return out
 
 
-def _nab_category_slices(series: Sequence[NabSeries], traces: Sequence[StreamTrace], taus: dict[str, float]) -> Metrics:
+def _nab_category_slices(
+    series: Sequence[NabSeries], traces: Sequence[StreamTrace], taus: dict[str, float], group: AlertGrouping
+) -> Metrics:
     cats: dict[str, list[int]] = {}
     for i, s in enumerate(series):
         cats.setdefault(s.category, []).append(i)
@@ -656,8 +675,8 @@ def _nab_category_slices(series: Sequence[NabSeries], traces: Sequence[StreamTra
     for cat, idx in sorted(cats.items()):
         sub = [series[i] for i in idx]
         ratios = [_ratio(traces[i]) for i in idx]
-        norm, _ = _nab_scores(sub, ratios, taus["score_standard"])
-        free, _ = _nab_scores(sub, ratios, 1.0)
+        norm, _ = _nab_scores(sub, ratios, taus["score_standard"], group)
+        free, _ = _nab_scores(sub, ratios, 1.0, group)
         probations = [nab_probation_length(len(s.values)) for s in sub]
         out[cat] = {
             "files": len(sub),
@@ -711,12 +730,12 @@ def evaluate_nab(
             progress(f"{s.name}: {len(x)} rows, {len(s.windows)} windows, "
                      f"{int(trace.flagged[probation:].sum())} flagged after probation "
                      f"({trace.seconds_fit + trace.seconds_score:.1f}s)")
-    doc: Metrics = {"dataset": "nab", **_nab_report(series, traces)}
+    doc: Metrics = {"dataset": "nab", **_nab_report(series, traces, settings.alert_group)}
     doc["baselines"] = {}
     for b, tr in base.items():
-        rep = _nab_report(series, tr)
+        rep = _nab_report(series, tr, settings.alert_group)
         doc["baselines"][b] = {k: rep[k] for k in (*NAB_PROFILE_KEYS.values(), "label_free", "threshold_ratio")}
-    doc["slices"] = {"category": _nab_category_slices(series, traces, doc["threshold_ratio"])}
+    doc["slices"] = {"category": _nab_category_slices(series, traces, doc["threshold_ratio"], settings.alert_group)}
     doc["settings"] = _settings_dict(settings)
     doc["files"] = len(series)
     doc["seconds"] = round(time.perf_counter() - t0, 1)

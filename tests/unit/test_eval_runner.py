@@ -167,3 +167,20 @@ def test_nab_with_seasonal_differences_reports_the_period_and_feeds_the_baseline
     assert tr.shape == (80, 2) and te.shape == (len(x), 2)
     np.testing.assert_allclose(te[20:, 1], x[20:, 0] - x[:-20, 0])
     assert np.isfinite(doc["baselines"]["pca"]["score_standard"])
+
+
+@pytest.mark.parametrize("group", ["incident", "record"])
+def test_nab_detections_are_the_alerts_the_pipeline_published(tmp_path: Path, group: str) -> None:
+    """The label-free NAB score counts exactly the records the pipeline built an alert for (alerts.group),
+    and the corpus-threshold sweep applies the same rule to every threshold."""
+    from stream_vae.evaluation.runner import _ratio, alerted
+
+    root = write_toy_nab(tmp_path)
+    s = EvalSettings(window=8, smoothing=3, epochs=4, hidden=(16, 8), latent_dim=2, baselines=(), half_life=200,
+                     range_tolerance=0.05, alert_group=group)  # type: ignore[arg-type]
+    _, _, traces = evaluate_nab(root, settings=s)
+    for t in traces:
+        assert t.alerted is not None and t.alerted.any()
+        np.testing.assert_array_equal(alerted(_ratio(t), 1.0, group), t.alerted)  # type: ignore[arg-type]
+        if group == "incident":
+            assert t.alerted.sum() < t.flagged.sum()

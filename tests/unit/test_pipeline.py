@@ -231,3 +231,74 @@ def test_swapping_to_and_from_a_seasonal_model_keeps_scoring_and_snapshots_round
     p.swap(models[0])
     back = p.process_batch(recs[300:])
     assert back.result is not None and np.all(np.isfinite(back.result.score))
+
+
+def _grouped(topo: object, group: str) -> object:
+    from stream_vae.topology import Topology
+
+    assert isinstance(topo, Topology)
+    return topo.model_copy(update={"alerts": topo.alerts.model_copy(update={"group": group})})
+
+
+def test_incident_grouping_alerts_once_per_run_and_again_when_it_escalates() -> None:
+    """alerts.group: incident. A run of flagged records alerts when it opens and when a feature leaves
+    the range again inside it (escalate), both naming the incident by its first record; a snapshot
+    taken mid-run resumes the open incident. alerts.group: record alerts on every flagged record."""
+    import json
+
+    from stream_vae.topology import Topology
+
+    base = iid_topology(range_tolerance=0.05)
+    model = loaded(train_model(iid_stream(3000, 3), base))
+    lo, hi = model.calibrator.range_lo, model.calibrator.range_hi
+    assert lo is not None and hi is not None
+    X = iid_stream(60, 4)
+    X[20:25, 2] = hi[2] + 3 * (hi[2] - lo[2])
+    X[25:30, 2] = hi[2] + 10 * (hi[2] - lo[2])  # worse again: a new extreme inside the run
+    recs = keyed_records(X, ["a"] * 60)
+    inc = _grouped(base, "incident")
+    assert isinstance(inc, Topology)
+    out = Pipeline(inc, model).process_batch(recs)
+    assert out.is_anomaly[20:30].all()
+    run = [a for a in out.alerts if 20 <= a.offset < 32]
+    assert [(a.offset, a.incident, a.incident_event) for a in run] == [
+        (20, "t:0:20", "open"), (25, "t:0:20", "escalate")]
+    assert run[1].to_event()["data"]["incident"] == {"id": "t:0:20", "event": "escalate"}
+    p1 = Pipeline(inc, model)
+    p1.process_batch(recs[:23])
+    p2 = Pipeline(inc, model)
+    p2.restore(json.loads(json.dumps(p1.snapshot())))
+    resumed = [a for a in p2.process_batch(recs[23:]).alerts if a.offset < 32]
+    assert [(a.offset, a.incident, a.incident_event) for a in resumed] == [(25, "t:0:20", "escalate")]
+    rec_topo = _grouped(base, "record")
+    assert isinstance(rec_topo, Topology)
+    every = [a for a in Pipeline(rec_topo, model).process_batch(recs).alerts if 20 <= a.offset < 30]
+    assert [a.offset for a in every] == list(range(20, 30))
+    assert all(a.incident == f"t:0:{a.offset}" and a.incident_event == "open" for a in every)
+
+
+def test_incident_alerts_do_not_depend_on_the_batching_or_on_other_entities() -> None:
+    """IncidentTracker over interleaved entities in batches of 1, 7 or all equals incident_alerts per entity."""
+    from stream_vae.alerts import IncidentTracker, incident_alerts
+    from stream_vae.records import ValidBatch
+    from stream_vae.validate import Validator
+
+    rng = np.random.default_rng(5)
+    n = 120
+    keys = [["a", "b", "c"][i] for i in rng.integers(0, 3, n)]
+    flagged = rng.random(n) < 0.4
+    beyond = flagged & (rng.random(n) < 0.4)
+    batch, _ = Validator(iid_topology()).validate(keyed_records(iid_stream(n, 6), keys))
+    want = np.zeros(n, dtype=bool)
+    for k in "abc":
+        idx = np.flatnonzero(np.array(keys) == k)
+        want[idx] = incident_alerts(flagged[idx], beyond[idx])
+    def part(i: int, j: int) -> ValidBatch:
+        return ValidBatch(batch.records[i:j], batch.X[i:j], batch.keys[i:j], batch.event_times[i:j])
+
+    for step in (1, 7, n):
+        tracker = IncidentTracker("incident")
+        got = np.concatenate([
+            tracker.select(part(i, i + step), flagged[i : i + step], beyond[i : i + step])[0] for i in range(0, n, step)
+        ])
+        np.testing.assert_array_equal(got, want)
