@@ -10,7 +10,7 @@ import numpy as np
 
 from stream_vae.lru import entity_groups, lru_slot
 from stream_vae.records import Alert, BoolArray, FloatArray, ScoreResult, ValidBatch
-from stream_vae.topology import Topology
+from stream_vae.topology import AlertGrouping, Topology
 
 
 def severity(p_value: float, *, fpr: float, high: float, critical: float) -> str:
@@ -135,18 +135,16 @@ class IncidentTracker:
 
     state_keys = ("open",)
 
-    def __init__(self, group: str, *, max_entities: int = 100_000) -> None:
+    def __init__(self, group: AlertGrouping, *, max_entities: int = 100_000) -> None:
         self.group = group
         self.max_entities = max_entities
         self._open: OrderedDict[str, list[Any]] = OrderedDict()  # key -> [incident id or None, in range run]
 
     def select(self, batch: ValidBatch, flagged: BoolArray, beyond: BoolArray) -> tuple[BoolArray, list[str | None]]:
-        """Records to alert on, and each record's incident id (None when not flagged)."""
+        """Records to alert on, and each record's incident id (None: not flagged, or its own incident)."""
         n = len(flagged)
         ids: list[str | None] = [None] * n
         if self.group == "record":
-            for i in np.flatnonzero(flagged):
-                ids[i] = _record_id(batch, int(i))
             return np.asarray(flagged, dtype=bool), ids
         alert = np.zeros(n, dtype=bool)
         for key, idx in entity_groups(batch.keys).items():
