@@ -199,10 +199,11 @@ def detect_period(
     non-constant feature of every entity are averaged; the period is the shortest lag in
     ``[min_lag, max_lag]`` where they have a local maximum that reaches ``min_correlation`` and
     comes within 0.05 of the highest such maximum (multiples of a period correlate as well as the
-    period itself; the shortest is the period). ``max_lag`` leaves
-    two periods and ``min_rows_left`` rows (training drops each entity's first period) in the
-    shortest entity. At a correlation ``r`` the seasonal difference has ``2 (1 - r)`` of the
-    series' variance, so the default 0.75 asks for a difference with at most half of it.
+    period itself; the shortest is the period). ``max_lag`` leaves two periods and
+    ``min_rows_left`` rows (training drops each entity's first period) in the longest entity; an
+    entity votes on the lags up to half its length (a short one does not veto a long period). At
+    a correlation ``r`` the seasonal difference has ``2 (1 - r)`` of the series' variance, so the
+    default 0.75 asks for a difference with at most half of it.
 
     Examples
     --------
@@ -210,20 +211,23 @@ def detect_period(
     >>> x = np.sin(t * 2 * np.pi / 48) + 0.1 * np.random.default_rng(0).normal(size=600)
     >>> detect_period([x.reshape(-1, 1)], min_lag=5)
     48
+    >>> detect_period([x.reshape(-1, 1), x[:30].reshape(-1, 1)], min_lag=5)  # a new entity with 30 rows
+    48
     >>> detect_period([np.random.default_rng(1).normal(size=(600, 2))], min_lag=5)
     0
     """
-    n_min = min((len(X) for X in series), default=0)
-    max_lag = min(n_min // 2, n_min - min_rows_left)
+    n_max = max((len(X) for X in series), default=0)
+    max_lag = min(n_max // 2, n_max - min_rows_left)
     if max_lag <= min_lag:
         return 0
-    curves = [
-        lag_correlations(X[:, j], max_lag)
-        for X in series for j in range(X.shape[1]) if np.ptp(X[:, j]) > 0
-    ]
-    if not curves:
-        return 0
-    r = np.mean(curves, axis=0)
+    total, count = np.zeros(max_lag + 1), np.zeros(max_lag + 1)
+    for X in series:
+        lags = min(max_lag, len(X) // 2)
+        for j in range(X.shape[1]):
+            if lags > min_lag and np.ptp(X[:, j]) > 0:
+                total[: lags + 1] += lag_correlations(X[:, j], lags)
+                count[: lags + 1] += 1
+    r = np.where(count > 0, total / np.maximum(count, 1), -np.inf)  # mean over the entities that reach the lag
     k = np.arange(max(min_lag, 1), max_lag)  # local maxima need both neighbours
     peaks = k[(r[k] > r[k - 1]) & (r[k] >= r[k + 1]) & (r[k] >= min_correlation)]
     if not len(peaks):
