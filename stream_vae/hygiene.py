@@ -1,4 +1,4 @@
-"""Alert hygiene: one alert per key per cool-down, marked (or thinned) while a drift episode is open."""
+"""Alert hygiene: one alert per key per cool-down (not escalations), marked or thinned during a drift episode."""
 
 from __future__ import annotations
 
@@ -45,14 +45,16 @@ class AlertGate:
             elif spec.during_drift == "suppress_medium":
                 keep = [a for a in keep if _RANK.get(a.severity, 0) > 0]
         if keep and spec.cooldown_s > 0:
-            # the strongest alert of each key in this batch competes for the key's cool-down slot
+            # an incident that escalates (alerts.group: incident) is news: it is not cooled down
+            escalations = [a for a in keep if a.incident_event == "escalate"]
+            # the strongest other alert of each key in this batch competes for the key's cool-down slot
             best: dict[str, Alert] = {}
             for a in keep:
-                if a.key not in best or a.score > best[a.key].score:
+                if a.incident_event != "escalate" and (a.key not in best or a.score > best[a.key].score):
                     best[a.key] = a
             keys = list(best)
             won = self.store.set_many_if_absent(
                 [f"{self.prefix}:{self.topology.name}:cool:{k}" for k in keys], spec.cooldown_s
-            )
-            keep = [best[k] for k, ok in zip(keys, won, strict=True) if ok]
+            ) if keys else []
+            keep = [best[k] for k, ok in zip(keys, won, strict=True) if ok] + escalations
         return keep, len(alerts) - len(keep)

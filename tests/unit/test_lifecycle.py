@@ -109,3 +109,16 @@ def test_offset_ranges_compacts_consecutive_offsets() -> None:
     """Audit ranges cover exactly the scored offsets per partition."""
     recs = [RawRecord(b"", None, "t", p, o) for p, o in [(0, 5), (0, 6), (0, 7), (0, 9), (1, 3)]]
     assert offset_ranges(recs) == {"0": [[5, 7], [9, 9]], "1": [[3, 3]]}
+
+
+def test_alert_gate_lets_an_escalating_incident_through_its_cool_down() -> None:
+    """alerts.group: incident — the alert that opens an incident takes the key's cool-down slot; an
+    escalation of it inside the cool-down still goes out, and a new incident does not."""
+    import dataclasses
+
+    gate = AlertGate(synth_topology(alerts={"cooldown_s": 60, "group": "incident"}), MemoryEpisodeStore(Clock()),
+                     prefix="p")
+    opened = dataclasses.replace(_alert("a"), incident="t:0:1")
+    worse = dataclasses.replace(_alert("a", score=20), offset=5, incident="t:0:1", incident_event="escalate")
+    assert gate.filter([opened], episode=None) == ([opened], 0)
+    assert gate.filter([worse, dataclasses.replace(_alert("a"), offset=9)], episode=None) == ([worse], 1)
