@@ -82,8 +82,10 @@ def test_records_in_alerts_and_dead_letters_out(kafka_bootstrap: str, redis_url:
     assert {"specversion", "id", "source", "type", "time", "data"} <= set(ev)
     d = ev["data"]
     assert {"stream", "key", "record", "score", "threshold", "p_value", "severity", "top_features",
-            "model_version", "calibration_id"} <= set(d)
+            "model_version", "calibration_id", "incident"} <= set(d)
     assert d["model_version"] == art.version and d["stream"] == name
+    rec = d["record"]  # alerts.group: record (default): every alert is its own incident
+    assert d["incident"] == {"id": f"{topo.input_topic}:{rec['partition']}:{rec['offset']}", "event": "open"}
     # the alerts point at the injected anomalies
     valid_rows = {p: k for k, p in enumerate(i for i, x in enumerate(payloads) if not isinstance(x, bytes))}
     hit = {valid_rows[produced[(a["data"]["record"]["partition"], a["data"]["record"]["offset"])]] for a in alerts}
