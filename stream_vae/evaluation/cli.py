@@ -91,6 +91,9 @@ AlertGroupOpt = Annotated[
     typer.Option("--alert-group", help="which flagged records alert (alerts.group): record | incident (one per run "
                  "of flags, plus escalations); NAB counts alerts as detections"),
 ]
+CalibrationOpt = Annotated[
+    str | None, typer.Option("--calibration", help="threshold from the held-out scores: quantile | pot (EVT tail fit)")
+]
 MemberWindowsOpt = Annotated[
     str | None,
     typer.Option("--member-windows", help="one window per ensemble member, comma-separated (e.g. 1,5,10): a "
@@ -108,7 +111,7 @@ def _settings(
     score: str | None, seed: int, score_quantile: float | None = None, ensemble: int | None = None,
     rate_cap: float | None = None, member_windows: str | None = None, range_tolerance: float | None = None,
     batch_size: int | None = None, track_every: int | None = None, seasonal_period: str | None = None,
-    alert_group: str | None = None,
+    alert_group: str | None = None, calibration: str | None = None,
 ) -> EvalSettings:
     from stream_vae.evaluation.baselines import BASELINES
 
@@ -132,6 +135,10 @@ def _settings(
         if seasonal_period != "auto" and not (seasonal_period.isdigit() and int(seasonal_period) <= 1_000_000):
             raise ConfigError(f"--seasonal-period takes a record count (0 = off) or 'auto', got {seasonal_period!r}")
         changes["seasonal_period"] = seasonal_period if seasonal_period == "auto" else int(seasonal_period)
+    if calibration is not None:
+        if calibration not in ("quantile", "pot"):
+            raise ConfigError(f"--calibration must be 'quantile' or 'pot', got {calibration!r}")
+        changes["calibration"] = calibration
     if alert_group is not None:
         if alert_group not in ("record", "incident"):
             raise ConfigError(f"--alert-group must be 'record' or 'incident', got {alert_group!r}")
@@ -222,13 +229,15 @@ def _smd_like_command(dataset: str, doc: str) -> Callable[..., None]:
         track_every: TrackEveryOpt = None,
         seasonal_period: SeasonalOpt = None,
         alert_group: AlertGroupOpt = None,
+        calibration: CalibrationOpt = None,
         seed: SeedOpt = 0,
     ) -> None:
         s = _settings(SMD_DEFAULTS, window=window, epochs=epochs, max_train_rows=max_train_rows, threads=threads,
                       baselines=baselines, fpr=fpr, smoothing=smoothing, half_life=half_life, adapt=adapt,
                       score=score, seed=seed, score_quantile=score_quantile, ensemble=ensemble, rate_cap=rate_cap,
                       member_windows=member_windows, range_tolerance=range_tolerance, batch_size=batch_size,
-                      track_every=track_every, seasonal_period=seasonal_period, alert_group=alert_group)
+                      track_every=track_every, seasonal_period=seasonal_period, alert_group=alert_group,
+                      calibration=calibration)
         _run_smd_like(dataset, data_dir, entity=entity, as_json=as_json, plots=plots, settings=s)
 
     command.__name__ = dataset
@@ -280,6 +289,7 @@ def nab(
     track_every: TrackEveryOpt = None,
     seasonal_period: SeasonalOpt = None,
     alert_group: AlertGroupOpt = None,
+    calibration: CalibrationOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Numenta Anomaly Benchmark: train on each file's probationary period, stream the whole file."""
@@ -290,7 +300,7 @@ def nab(
                   seed=seed, score_quantile=score_quantile, ensemble=ensemble,
                   rate_cap=rate_cap, member_windows=member_windows, range_tolerance=range_tolerance,
                   batch_size=batch_size, track_every=track_every, seasonal_period=seasonal_period,
-                  alert_group=alert_group)
+                  alert_group=alert_group, calibration=calibration)
     doc, series, traces = evaluate_nab(data_dir, files=entity or None, settings=s, progress=_progress)
     if not series:
         raise ConfigError(f"no NAB file in {data_dir} matches --entity {entity}")

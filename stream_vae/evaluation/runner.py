@@ -108,6 +108,8 @@ class EvalSettings:
     alert_group
         ``AlertSpec.group``: which flagged records publish an alert (NAB counts those as detections;
         SMD/ASD score the flags themselves).
+    calibration
+        ``CalibrationSpec.method``: the held-out quantile, or a peaks-over-threshold tail fit (EVT).
     smoothing, fpr, adapt, half_life, rate_cap, range_tolerance, track_every
         ``CalibrationSpec`` fields: score smoothing, false-positive budget, online threshold
         adaptation, its half-life (records), the flag-rate cap (multiple of the budget), the
@@ -134,6 +136,7 @@ class EvalSettings:
     seasonal_period: int | Literal["auto"] = 0
     seasonal_min_correlation: float = 0.75
     alert_group: AlertGrouping = "incident"
+    calibration: Literal["quantile", "pot"] = "quantile"
     smoothing: int = 1
     fpr: float = 0.005
     adapt: Literal["off", "track"] = "track"
@@ -212,6 +215,7 @@ def entity_topology(n_dims: int, settings: EvalSettings, *, name: str = "eval") 
                 "seasonal_min_correlation": settings.seasonal_min_correlation,
             },
             "calibration": {
+                "method": settings.calibration,
                 "fpr": settings.fpr,
                 "smoothing": settings.smoothing,
                 "adapt": settings.adapt,
@@ -312,7 +316,7 @@ def _tracked(
 
     smooth = ScoreSmoother(settings.smoothing)
     ref = smooth.transform(ref_scores, ["r"] * len(ref_scores))
-    cal = Calibrator(fpr=settings.fpr, smoothing=settings.smoothing, adapt=settings.adapt,
+    cal = Calibrator(method=settings.calibration, fpr=settings.fpr, smoothing=settings.smoothing, adapt=settings.adapt,
                      half_life=settings.half_life, rate_cap=settings.rate_cap,
                      track_every=settings.track_every).infer_threshold(ref)
     tracker = ThresholdTracker(cal)

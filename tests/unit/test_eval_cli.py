@@ -75,6 +75,7 @@ def test_asd_and_nab_commands_print_their_objects(app: typer.Typer, tmp_path: Pa
         (["eval", "smd", "--data-dir", "{smd}", "--member-windows", "1,10", "--window", "5"], "at least 10"),
         (["eval", "smd", "--data-dir", "{smd}", "--seasonal-period", "daily"], "--seasonal-period takes"),
         (["eval", "smd", "--data-dir", "{smd}", "--alert-group", "run"], "--alert-group must be"),
+        (["eval", "smd", "--data-dir", "{smd}", "--calibration", "evt"], "--calibration must be"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(app: typer.Typer, tmp_path: Path, args: list[str], message: str) -> None:
