@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import numpy as np
 import typer
@@ -21,6 +21,7 @@ import typer
 from stream_vae.clierrors import friendly
 from stream_vae.evaluation.runner import METRIC_KEYS, NAB_PROFILE_KEYS, EvalSettings
 from stream_vae.exceptions import ConfigError
+from stream_vae.topology import AlertGrouping, CalibrationMethod, ScoreKind, ThresholdAdaptation
 
 eval_app = typer.Typer(
     help="Benchmark detection quality on SMD, ASD or NAB through the workers' own pipeline, next to baselines.",
@@ -135,22 +136,14 @@ def _settings(
         if seasonal_period != "auto" and not (seasonal_period.isdigit() and int(seasonal_period) <= 1_000_000):
             raise ConfigError(f"--seasonal-period takes a record count (0 = off) or 'auto', got {seasonal_period!r}")
         changes["seasonal_period"] = seasonal_period if seasonal_period == "auto" else int(seasonal_period)
-    if calibration is not None:
-        if calibration not in ("quantile", "pot"):
-            raise ConfigError(f"--calibration must be 'quantile' or 'pot', got {calibration!r}")
-        changes["calibration"] = calibration
-    if alert_group is not None:
-        if alert_group not in ("record", "incident"):
-            raise ConfigError(f"--alert-group must be 'record' or 'incident', got {alert_group!r}")
-        changes["alert_group"] = alert_group
-    if adapt is not None:
-        if adapt not in ("track", "off"):
-            raise ConfigError(f"--adapt must be 'track' or 'off', got {adapt!r}")
-        changes["adapt"] = adapt
-    if score is not None:
-        if score not in ("robust", "gaussian"):
-            raise ConfigError(f"--score must be 'robust' or 'gaussian', got {score!r}")
-        changes["score"] = score
+    # options with a fixed set of values: the topology's own Literal types
+    for key, given, choices in (("calibration", calibration, CalibrationMethod), ("alert_group", alert_group,
+                                AlertGrouping), ("adapt", adapt, ThresholdAdaptation), ("score", score, ScoreKind)):
+        if given is not None:
+            if given not in get_args(choices):
+                raise ConfigError(f"--{key.replace('_', '-')} must be {' or '.join(map(repr, get_args(choices)))}, "
+                                  f"got {given!r}")
+            changes[key] = given
     if baselines is not None:
         names = tuple(b.strip() for b in baselines.split(",") if b.strip())
         unknown = sorted(set(names) - set(BASELINES))
