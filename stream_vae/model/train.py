@@ -17,6 +17,7 @@ import torch
 
 from stream_vae.calibrate import Calibrator, ScoreSmoother
 from stream_vae.exceptions import ConfigError
+from stream_vae.lru import entity_groups
 from stream_vae.model.scorer import VAEScorer
 from stream_vae.model.vae import VAE, AnyVAE, VAEEnsemble
 from stream_vae.preprocess import Scaler, detect_period, make_windows, seasonal_differences
@@ -69,8 +70,7 @@ def _seasonal(
     arrival order. Returns the rows, their entities and the period (0: the rows unchanged).
     """
     spec = topology.model
-    ent = np.asarray(entities) if entities is not None else np.zeros(len(X), dtype=int)
-    groups = [np.flatnonzero(ent == e) for e in dict.fromkeys(ent.tolist())]
+    groups = list(entity_groups(entities).values()) if entities is not None else [np.arange(len(X))]
     if spec.seasonal_period == "auto":
         period = detect_period([X[g] for g in groups], min_lag=topology.window + 1,
                                min_correlation=spec.seasonal_min_correlation)
@@ -88,7 +88,7 @@ def _seasonal(
             f"seasonal_period {period} leaves {int(keep.sum())} training rows (each entity's first period has no "
             "lagged value); need at least 100: give more history or a shorter period"
         )
-    kept = None if entities is None else [str(e) for e in ent[keep]]
+    kept = None if entities is None else [str(e) for e, k in zip(entities, keep, strict=True) if k]
     return np.hstack([X, diff])[keep], kept, period
 
 
