@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from stream_vae.lru import entity_groups, lru_slot
+from stream_vae.lru import entity_groups, forget, lru_slot, pick, put
 from stream_vae.records import Alert, BoolArray, FloatArray, ScoreResult, ValidBatch
 from stream_vae.topology import AlertGrouping, Topology
 
@@ -162,11 +162,18 @@ class IncidentTracker:
             state[0], state[1] = current, bool(b[-1]) if current is not None else False
         return alert, ids
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"open": {k: v for k, v in self._open.items() if v[0] is not None}}
+    def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
+        return {"open": {k: v for k, v in pick(self._open, keys) if v[0] is not None}}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._open = OrderedDict((k, [v[0], bool(v[1])]) for k, v in state.get("open", {}).items())
+    def restore(self, state: dict[str, Any], *, merge: bool = False) -> None:
+        """Take back ``snapshot()``; ``merge`` adds its entities to the ones held instead of replacing them."""
+        if not merge:
+            self._open = OrderedDict()
+        for k, v in state.get("open", {}).items():
+            put(self._open, k, [v[0], bool(v[1])], self.max_entities)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        forget(self._open, keys)
 
 
 def _record_id(batch: ValidBatch, i: int) -> str:

@@ -145,11 +145,12 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
                 slot = ModelSlot(registry, topology, poll_s=w.model_poll_s)
                 state.slot = slot
                 await slot.wait_for_model(stop=self._stop)
-                monitor = StreamMonitor(topology, lambda: slot.pipeline, client=client, prefix=settings.redis.prefix)
+                monitor = StreamMonitor(topology, lambda: slot.pipeline, client=client, prefix=settings.redis.prefix,
+                                        checkpoint_s=w.checkpoint_s, entity_ttl_s=w.entity_ttl_s)
                 slot.on_swap = lambda old, new, rb: monitor.on_swap(old, new, rollback=rb)
                 guard = Rollbacks(registry, slot, topology)
                 loop = HotLoop(monitor, settings=settings, topology=topology, before_batch=slot.check,
-                               after_batch=guard.after_batch)
+                               after_batch=guard.after_batch, on_revoked=monitor.release)
                 guard.loop = loop
                 state.loop = loop
                 await loop.start()

@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from stream_vae.exceptions import NotCalibratedError
-from stream_vae.lru import entity_groups, lru_slot
+from stream_vae.lru import entity_groups, forget, lru_slot, pick, put
 from stream_vae.records import FloatArray
 
 if TYPE_CHECKING:
@@ -290,13 +290,18 @@ class ScoreSmoother:
             buf.extend(new[-(self.n - 1) :].tolist())
         return out
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"buffers": {k: list(v) for k, v in self._buffers.items()}}
+    def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
+        return {"buffers": {k: list(v) for k, v in pick(self._buffers, keys)}}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._reset()
+    def restore(self, state: dict[str, Any], *, merge: bool = False) -> None:
+        """Take back ``snapshot()``; ``merge`` adds its entities to the ones held instead of replacing them."""
+        if not merge:
+            self._reset()
         for k, v in state.get("buffers", {}).items():
-            self._buffers[k] = deque((float(x) for x in v), maxlen=max(1, self.n - 1))
+            put(self._buffers, k, deque((float(x) for x in v), maxlen=max(1, self.n - 1)), self.max_entities)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        forget(self._buffers, keys)
 
 
 @dataclass
@@ -530,30 +535,38 @@ class ThresholdTracker:
         # nothing published yet: the entity is judged by the calibrated threshold itself until its first block
         return _EntityScores(live, live if self._every == 0 else None)
 
-    def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"hist": {k: v.live.tolist() for k, v in self._hist.items()}}
+    def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
+        held = dict(pick(self._hist, keys))
+        out: dict[str, Any] = {"hist": {k: v.live.tolist() for k, v in held.items()}}
         if self._every:
-            out["published"] = {k: v.published.tolist() for k, v in self._hist.items() if v.published is not None}
-            out["since_published"] = {k: v.since for k, v in self._hist.items()}
+            out["published"] = {k: v.published.tolist() for k, v in held.items() if v.published is not None}
+            out["since_published"] = {k: v.since for k, v in held.items()}
         return out
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._reset()
-        if self._active:
-            published, since = state.get("published", {}), state.get("since_published", {})
-            for k, v in state.get("hist", {}).items():
-                if len(v) != self.bins:
-                    continue
-                live = np.asarray(v, dtype=np.float64)
-                pub = published.get(k)
-                if self._every == 0:
-                    self._hist[k] = _EntityScores(live, live)
-                elif pub is not None and len(pub) == self.bins:
-                    self._hist[k] = _EntityScores(live, np.asarray(pub, dtype=np.float64), int(since.get(k, 0)))
-                elif k in since:  # its first block is not complete yet
-                    self._hist[k] = _EntityScores(live, None, int(since[k]))
-                else:  # a snapshot from before block publishing: publish what it had
-                    self._hist[k] = _EntityScores(live, live.copy())
+    def restore(self, state: dict[str, Any], *, merge: bool = False) -> None:
+        """Take back ``snapshot()``; ``merge`` adds its entities to the ones held instead of replacing them."""
+        if not merge:
+            self._reset()
+        if not self._active:
+            return
+        published, since = state.get("published", {}), state.get("since_published", {})
+        for k, v in state.get("hist", {}).items():
+            if len(v) != self.bins:
+                continue
+            live = np.asarray(v, dtype=np.float64)
+            pub = published.get(k)
+            if self._every == 0:
+                entry = _EntityScores(live, live)
+            elif pub is not None and len(pub) == self.bins:
+                entry = _EntityScores(live, np.asarray(pub, dtype=np.float64), int(since.get(k, 0)))
+            elif k in since:  # its first block is not complete yet
+                entry = _EntityScores(live, None, int(since[k]))
+            else:  # a snapshot from before block publishing: publish what it had
+                entry = _EntityScores(live, live.copy())
+            put(self._hist, k, entry, self.max_entities)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        forget(self._hist, keys)
 
 
 class RangeTracker:
@@ -614,8 +627,15 @@ class RangeTracker:
             return np.stack([first, first])
         return np.stack([cal.range_lo, cal.range_hi])
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"ranges": {k: v.tolist() for k, v in self._ranges.items()}}
+    def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
+        return {"ranges": {k: v.tolist() for k, v in pick(self._ranges, keys)}}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._ranges = OrderedDict((k, np.asarray(v, dtype=np.float64)) for k, v in state.get("ranges", {}).items())
+    def restore(self, state: dict[str, Any], *, merge: bool = False) -> None:
+        """Take back ``snapshot()``; ``merge`` adds its entities to the ones held instead of replacing them."""
+        if not merge:
+            self._ranges = OrderedDict()
+        for k, v in state.get("ranges", {}).items():
+            put(self._ranges, k, np.asarray(v, dtype=np.float64), self.max_entities)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        forget(self._ranges, keys)

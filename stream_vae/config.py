@@ -86,6 +86,9 @@ class WorkerSettings(_Frozen):
     max_record_bytes: int = Field(default=65_536, ge=64)
     torch_threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads per process")
     model_poll_s: float = Field(default=5.0, gt=0, description="how often to re-read the active model pointer")
+    checkpoint_s: float = Field(default=10.0, gt=0, description="how often entity and drift state is saved to Redis")
+    entity_ttl_s: float = Field(default=7 * 86400.0, ge=60,
+                                description="saved state of an entity that stopped sending expires after this")
 
 
 class Settings(BaseSettings):

@@ -69,7 +69,10 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Wait for the batch in flight (it commits itself when done), so the next owner starts after it.
         async with self.loop.batch_lock:
-            pass
+            if self.loop.on_revoked is not None and revoked:
+                # hand the partitions' entity state to their next owner before it starts reading them;
+                # under the lock, so no batch runs meanwhile
+                await asyncio.to_thread(self.loop.on_revoked, {tp.partition for tp in revoked})
         log.info("partitions_revoked", partitions=[f"{tp.topic}:{tp.partition}" for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
@@ -88,6 +91,9 @@ class HotLoop:
         Awaited between batches (model hot-swap checks go here: never inside a batch).
     after_batch
         Called with each batch's emission after its messages were acknowledged and its offsets committed.
+    on_revoked
+        Called (in a thread) with the input partitions a rebalance takes away, after their last batch
+        was committed (``StreamMonitor.release``: checkpoint their entities for the next owner).
     """
 
     def __init__(
@@ -99,12 +105,14 @@ class HotLoop:
         before_batch: Callable[[], Awaitable[object]] | None = None,
         after_batch: BatchHook | None = None,
         group_id: str | None = None,
+        on_revoked: Callable[[set[int]], object] | None = None,
     ) -> None:
         self.processor: Processor = PlainProcessor(processor) if isinstance(processor, Pipeline) else processor
         self.settings = settings
         self.topology = topology
         self.before_batch = before_batch
         self.after_batch = after_batch
+        self.on_revoked = on_revoked
         self.group_id = group_id or topology.consumer_group
         self.batch_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -46,3 +46,28 @@ def entity_groups(keys: Sequence[str]) -> dict[str, np.ndarray[Any, np.dtype[np.
     order = np.argsort(inv, kind="stable")
     parts = np.split(order, np.cumsum(np.bincount(inv))[:-1])
     return {str(u): idx for u, idx in zip(uniq, parts, strict=True)}
+
+
+def pick(table: Mapping[str, V], keys: Collection[str] | None) -> Iterator[tuple[str, V]]:
+    """``table``'s entries, or only those of ``keys`` it holds (a partial snapshot of some entities).
+
+    >>> list(pick({"a": 1, "b": 2}, ["b", "z"]))
+    [('b', 2)]
+    """
+    if keys is None:
+        return iter(table.items())
+    return ((k, table[k]) for k in keys if k in table)
+
+
+def put(table: OrderedDict[str, V], key: str, value: V, max_entries: int) -> None:
+    """Set ``table[key]`` as the most recently used entry, forgetting the least recent beyond ``max_entries``."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > max_entries:
+        table.popitem(last=False)
+
+
+def forget(table: MutableMapping[str, Any], keys: Iterable[str]) -> None:
+    """Drop the entries of ``keys`` (entities whose partitions this worker no longer owns)."""
+    for k in keys:
+        table.pop(k, None)

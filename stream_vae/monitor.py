@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from stream_vae.lifecycle import DriftPolicy, GuardVerdict, RedisEpisodeStore, S
 from stream_vae.model.registry import LoadedModel
 from stream_vae.records import Alert, BatchOutcome, RawRecord, Rejection, envelope
 from stream_vae.reservoir import Reservoir
-from stream_vae.state import load_snapshot
+from stream_vae.state import EntityCheckpoints, load_snapshot
 from stream_vae.topology import Topology
 
 log = structlog.get_logger("stream_vae.monitor")
@@ -101,12 +101,13 @@ class StreamMonitor:
     """
 
     def __init__(self, topology: Topology, pipeline_of: Callable[[], Any], *, client: Any, prefix: str,
-                 checkpoint_s: float = 10.0) -> None:
+                 checkpoint_s: float = 10.0, entity_ttl_s: float = 7 * 86400) -> None:
         self.topology = topology
         self.pipeline_of = pipeline_of
         self.client = client
         self.prefix = prefix
         self.checkpoint_s = checkpoint_s
+        self.entities = EntityCheckpoints(client, prefix=prefix, stream=topology.name, ttl_s=entity_ttl_s)
         store = RedisEpisodeStore(client)
         self.policy = DriftPolicy(topology, store, prefix=prefix)
         self.gate = AlertGate(topology, store, prefix=prefix)
@@ -141,18 +142,36 @@ class StreamMonitor:
         return f"{self.prefix}:{self.topology.name}:drift:snapshot:{partition}"
 
     def checkpoint(self) -> None:
+        """Save the drift detectors and the state of every entity touched since the last checkpoint."""
         pipe = self.client.pipeline(transaction=False)
         for p, mon in self._drift.items():
             pipe.set(self._snap_key(p), json.dumps(mon.snapshot()))
         pipe.execute()
+        pipeline = self.pipeline_of()
+        if pipeline is not None:
+            self.entities.save(pipeline)
         self._last_ckpt = time.monotonic()
+
+    def release(self, partitions: Collection[int]) -> None:
+        """A rebalance took ``partitions`` away: checkpoint their state for the next owner, forget it here."""
+        pipeline = self.pipeline_of()
+        saved = self.entities.release(pipeline, partitions) if pipeline is not None else 0
+        pipe = self.client.pipeline(transaction=False)
+        for p in partitions:
+            mon = self._drift.pop(p, None)
+            if mon is not None:
+                pipe.set(self._snap_key(p), json.dumps(mon.snapshot()))
+        pipe.execute()
+        log.info("partitions_released", stream=self.topology.name, partitions=sorted(partitions), entities=saved)
 
     # -- the batch -----------------------------------------------------------------------------
     def process(self, records: list[RawRecord]) -> Emission:
         topo = self.topology
         pipeline = self.pipeline_of()
         episode = self.policy.episode
-        out: BatchOutcome = pipeline.process_batch(records, drift_episode=episode)
+        out: BatchOutcome = pipeline.process_batch(records, drift_episode=episode, resume=self.entities.resume)
+        if out.batch is not None:
+            self.entities.touched(out.batch.keys, (r.partition for r in out.scored))
         msgs: list[Message] = []
         signals: list[DriftSignal] = []
         verdict = None

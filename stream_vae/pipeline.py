@@ -7,7 +7,7 @@ knows about Kafka, Redis or faust.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,9 @@ from stream_vae.preprocess import SeasonalDiffer, Windower
 from stream_vae.records import Alert, BatchOutcome, RawRecord
 from stream_vae.topology import Topology
 from stream_vae.validate import Validator
+
+StateSource = Callable[[Sequence[str]], Iterable[dict[str, Any]]]
+"""Given a batch's entity keys, the saved ``Pipeline.snapshot`` of those not resumed yet."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,39 +90,60 @@ class Pipeline:
         old, self._active = self._active, _active(model)
         return old.model
 
-    def snapshot(self) -> dict[str, Any]:
-        """Online state (windows, smoothing buffers, threshold histograms) for a checkpoint."""
+    def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
+        """Online state (windows, smoothing buffers, threshold histograms, open incidents) for a checkpoint.
+
+        With ``keys``, only those entities' state (what a worker checkpoints after a batch touched them).
+        """
         act = self._active
         return {
             "model_version": act.model.version,
             "seasonal_period": self.seasonal.period,
-            "seasonal": self.seasonal.snapshot(),
-            "windower": self.windower.snapshot(),
-            "incidents": self.incidents.snapshot(),
-            "smoother": act.smoother.snapshot(),
-            "tracker": act.tracker.snapshot(),
-            "ranges": act.ranges.snapshot(),
+            "window": self.windower.window,
+            "seasonal": self.seasonal.snapshot(keys),
+            "windower": self.windower.snapshot(keys),
+            "incidents": self.incidents.snapshot(keys),
+            "smoother": act.smoother.snapshot(keys),
+            "tracker": act.tracker.snapshot(keys),
+            "ranges": act.ranges.snapshot(keys),
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Resume from ``snapshot()``; score state is only taken back for the same model version."""
-        act = self._active
-        self.seasonal.restore(state.get("seasonal", {}))  # raw records: any period reads its last ones
-        if state.get("seasonal_period", 0) == self.seasonal.period:  # else the windowed rows differ in width
-            self.windower.restore(state.get("windower", {}))
-        self.incidents.restore(state.get("incidents", {}))
-        if state.get("model_version") == act.model.version:
-            act.smoother.restore(state.get("smoother", {}))
-            act.tracker.restore(state.get("tracker", {}))
-            act.ranges.restore(state.get("ranges", {}))
+    def restore(self, state: dict[str, Any], *, merge: bool = False) -> None:
+        """Resume from ``snapshot()``; score state is only taken back for the same model version.
 
-    def process_batch(self, records: Sequence[RawRecord], *, drift_episode: str | None = None) -> BatchOutcome:
+        ``merge`` adds the snapshot's entities to those held (a worker resuming entities one by one)
+        instead of replacing everything.
+        """
+        act = self._active
+        self.seasonal.restore(state.get("seasonal", {}), merge=merge)  # raw records: any period reads its last ones
+        same_rows = state.get("seasonal_period", 0) == self.seasonal.period  # else the rows differ in width
+        if same_rows and state.get("window", self.windower.window) == self.windower.window:
+            self.windower.restore(state.get("windower", {}), merge=merge)
+        self.incidents.restore(state.get("incidents", {}), merge=merge)
+        if state.get("model_version") == act.model.version:
+            act.smoother.restore(state.get("smoother", {}), merge=merge)
+            act.tracker.restore(state.get("tracker", {}), merge=merge)
+            act.ranges.restore(state.get("ranges", {}), merge=merge)
+
+    def forget(self, keys: Collection[str]) -> None:
+        """Drop these entities' state (their partitions moved to another worker, which resumes them)."""
+        act = self._active
+        for part in (self.seasonal, self.windower, self.incidents, act.smoother, act.tracker, act.ranges):
+            part.forget(keys)
+
+    def process_batch(self, records: Sequence[RawRecord], *, drift_episode: str | None = None,
+                      resume: StateSource | None = None) -> BatchOutcome:
+        """Score ``records``; ``resume`` is asked for the saved state of entities before they are scored
+        (a worker's checkpoint store: it answers once per entity, with what another worker left)."""
         act = self._active  # read once: a concurrent swap affects the next batch, not this one
         model, cal = act.model, act.model.calibrator
         batch, rejected = self.validator.validate(records)
         if len(batch) == 0:
             return BatchOutcome([], [], rejected, None, cal.threshold, model.version)
         keys = batch.keys
+        if resume is not None:
+            for saved in resume(keys):
+                self.restore(saved, merge=True)
         feats = self.seasonal.transform(batch.X, keys)  # [features, their seasonal differences] or batch.X
         X = model.scaler.transform(self.windower.transform(feats, keys))
         result = model.scorer.score_many(X)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from stream_vae.exceptions import NotFittedError
-from stream_vae.lru import lru_slot
+from stream_vae.lru import forget, lru_slot, pick, put
 from stream_vae.records import FloatArray
 
 
@@ -126,13 +126,19 @@ class Windower:
         """A new entity's window: its first record repeated (as ``make_windows`` pads the start)."""
         return deque([first] * (self.window - 1), maxlen=self.window)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"buffers": {k: [r.tolist() for r in v] for k, v in self._buffers.items()}}
+    def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
+        return {"buffers": {k: [r.tolist() for r in v] for k, v in pick(self._buffers, keys)}}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._reset()
+    def restore(self, state: dict[str, Any], *, merge: bool = False) -> None:
+        """Take back ``snapshot()``; ``merge`` adds its entities to the ones held instead of replacing them."""
+        if not merge:
+            self._reset()
         for k, rows in state.get("buffers", {}).items():
-            self._buffers[k] = deque((np.asarray(r) for r in rows), maxlen=self.window)
+            if len(rows) == self.window:  # a window of another length is not ours
+                put(self._buffers, k, deque((np.asarray(r) for r in rows), maxlen=self.window), self.max_entities)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        forget(self._buffers, keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,13 +277,18 @@ class SeasonalDiffer:
         out: FloatArray = np.hstack([X, d])
         return out
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"history": {k: [r.tolist() for r in v] for k, v in self._history.items()}}
+    def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
+        return {"history": {k: [r.tolist() for r in v] for k, v in pick(self._history, keys)}}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], *, merge: bool = False) -> None:
+        """Take back ``snapshot()``; ``merge`` adds its entities to the ones held instead of replacing them."""
+        if not merge:
+            self._history = OrderedDict()
         if self.period == 0:
             return  # nothing to difference against: keep no history
-        self._history = OrderedDict(
-            (k, deque((np.asarray(r, dtype=np.float64) for r in rows), maxlen=self.period))
-            for k, rows in state.get("history", {}).items()
-        )
+        for k, rows in state.get("history", {}).items():
+            hist = deque((np.asarray(r, dtype=np.float64) for r in rows), maxlen=self.period)
+            put(self._history, k, hist, self.max_entities)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        forget(self._history, keys)

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
+
+import structlog
+from redis import RedisError
 
 from stream_vae.config import RedisSettings
 from stream_vae.exceptions import StateStoreError
+from stream_vae.lru import forget, put
+
+log = structlog.get_logger("stream_vae.state")
+_REDIS_DOWN = (RedisError, OSError)
 
 
 class Snapshottable(Protocol):
@@ -38,3 +47,103 @@ def load_snapshot(client: Any, key: str, component: Snapshottable) -> bool:
         return False
     component.restore(json.loads(raw))
     return True
+
+
+def split_entities(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A ``Pipeline.snapshot`` cut into one snapshot per entity (each a valid snapshot of its own).
+
+    Every component's state is ``{part: {entity: value}}``; the plain values (model version, window)
+    describe all of them and go with each entity.
+
+    >>> split_entities({"v": 1, "c": {"buf": {"a": [1], "b": [2]}, "n": {"a": 3}}})
+    {'a': {'v': 1, 'c': {'buf': {'a': [1]}, 'n': {'a': 3}}}, 'b': {'v': 1, 'c': {'buf': {'b': [2]}}}}
+    """
+    meta = {k: v for k, v in snapshot.items() if not isinstance(v, dict)}
+    out: dict[str, dict[str, Any]] = {}
+    for comp, parts in snapshot.items():
+        if not isinstance(parts, dict):
+            continue
+        for part, table in parts.items():
+            for entity, value in table.items():
+                one = out.setdefault(entity, dict(meta))
+                one.setdefault(comp, {}).setdefault(part, {})[entity] = value
+    return out
+
+
+class EntityCheckpoints:
+    """Each entity's pipeline state in Redis, so a restarted or rebalanced worker resumes its entities.
+
+    What a worker holds per entity (its window, seasonal history, smoothing buffer, threshold
+    histogram, range and open incident) would otherwise start afresh after every deploy or
+    rebalance: thresholds back at the calibrated value, an incident under way opened again. One key
+    per entity, ``{prefix}:{stream}:entity:{key}``, holds ``Pipeline.snapshot([key])`` as JSON and
+    expires ``ttl_s`` after its last write (entities that stop sending are forgotten).
+
+    A worker reports the entities each batch touched (:meth:`touched`), writes them with
+    :meth:`save` (every checkpoint interval, and for the partitions it loses on a rebalance,
+    :meth:`release`, and at shutdown), and passes :meth:`resume` to ``Pipeline.process_batch``:
+    the first time it meets an entity it reads that entity's saved state, once. A crash loses at most
+    the updates since the last save; a graceful stop or a rebalance loses none.
+    """
+
+    def __init__(self, client: Any, *, prefix: str, stream: str, ttl_s: float = 7 * 86400,
+                 max_entities: int = 100_000) -> None:
+        self.client = client
+        self.prefix = f"{prefix}:{stream}:entity:"
+        self.ttl_s = max(1, int(ttl_s))
+        self.max_entities = max_entities
+        self._held: OrderedDict[str, int] = OrderedDict()  # entity -> the partition it last came from
+        self._dirty: set[str] = set()
+
+    def resume(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+        """The saved state of the entities among ``keys`` that this worker has not held yet."""
+        new = [k for k in dict.fromkeys(keys) if k not in self._held]
+        if not new:
+            return []
+        for k in new:
+            put(self._held, k, -1, self.max_entities)
+        try:
+            raws = self.client.mget([self.prefix + k for k in new])
+        except _REDIS_DOWN as exc:  # score on: these entities start afresh
+            log.warning("entity_state_unavailable", entities=len(new), error=type(exc).__name__)
+            return []
+        states = []
+        for k, raw in zip(new, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                states.append(json.loads(raw))
+            except ValueError:
+                log.warning("entity_state_unreadable", entity=k)
+        return states
+
+    def touched(self, keys: Iterable[str], partitions: Iterable[int]) -> None:
+        for k, p in zip(keys, partitions, strict=True):
+            put(self._held, k, p, self.max_entities)
+            self._dirty.add(k)
+
+    def save(self, pipeline: Any, keys: Collection[str] | None = None) -> int:
+        """Write the state of ``keys`` (default: every entity touched since the last save); returns how many."""
+        todo = self._dirty if keys is None else self._dirty & set(keys)
+        if not todo:
+            return 0
+        states = split_entities(pipeline.snapshot(todo))
+        pipe = self.client.pipeline(transaction=False)
+        for k, state in states.items():
+            pipe.set(self.prefix + k, json.dumps(state, separators=(",", ":")), ex=self.ttl_s)
+        try:
+            pipe.execute()
+        except _REDIS_DOWN as exc:  # kept dirty: written at the next save
+            log.warning("entity_state_not_saved", entities=len(states), error=type(exc).__name__)
+            return 0
+        self._dirty -= todo
+        return len(states)
+
+    def release(self, pipeline: Any, partitions: Collection[int]) -> int:
+        """Partitions moved to another worker: save their entities, then forget them here."""
+        gone = [k for k, p in self._held.items() if p in partitions]
+        n = self.save(pipeline, gone)
+        pipeline.forget(gone)
+        forget(self._held, gone)
+        self._dirty.difference_update(gone)
+        return n

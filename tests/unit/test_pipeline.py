@@ -302,3 +302,70 @@ def test_incident_alerts_do_not_depend_on_the_batching_or_on_other_entities() ->
             tracker.select(part(i, i + step), flagged[i : i + step], beyond[i : i + step])[0] for i in range(0, n, step)
         ])
         np.testing.assert_array_equal(got, want)
+
+
+def test_entities_resumed_from_their_saved_state_are_judged_as_if_the_worker_never_stopped() -> None:
+    """A worker checkpoints each entity's state (``snapshot(keys)`` cut per entity); a new worker that
+    resumes the entities it meets from it gives the same scores, thresholds, flags and incident alerts
+    as one pipeline that saw every record. Without the saved state it does not (windows, seasonal
+    history, smoothing, thresholds and open incidents all restart)."""
+    import json
+
+    from stream_vae.state import split_entities
+    from stream_vae.topology import Topology
+
+    base = iid_topology(half_life=200, track_every=100, range_tolerance=0.05, smoothing=3)
+    topo = _grouped(base.model_copy(update={"model": base.model.model_copy(update={"seasonal_period": 7})}),
+                    "incident")
+    assert isinstance(topo, Topology)
+    model = loaded(train_model(iid_stream(3000, 11), topo))
+    X = iid_stream(1800, 12)
+    keys = ["a", "b", "c"] * 600
+    X[1::3] *= 1.6  # b is noisier than in training: its threshold moves
+    X[882:960:3, 2] += 20.0  # an incident of a, open across the cut at record 900
+    recs = keyed_records(X, keys)
+    cut = 900
+
+    def run(p: Pipeline, part: list, **kw: object) -> tuple:  # type: ignore[type-arg]
+        outs = [p.process_batch(part[i : i + 128], **kw) for i in range(0, len(part), 128)]  # type: ignore[arg-type]
+        scores = np.concatenate([o.result.score for o in outs if o.result is not None])
+        alerts = [(a.offset, a.incident, a.incident_event) for o in outs for a in o.alerts]
+        flags = np.concatenate([o.is_anomaly for o in outs])
+        return scores, np.concatenate([o.thresholds for o in outs]), flags, alerts
+
+    whole = run(Pipeline(topo, model), recs)
+    first = Pipeline(topo, model)
+    run(first, recs[:cut])
+    saved = {k: json.loads(json.dumps(v)) for k, v in split_entities(first.snapshot(["a", "b", "c"])).items()}
+    assert set(saved) == {"a", "b", "c"} and set(saved["b"]["tracker"]["hist"]) == {"b"}
+    opened = saved["a"]["incidents"]["open"]["a"][0]  # an incident of a is open at the cut
+    assert 882 <= int(opened.split(":")[-1]) < cut
+    asked: list[str] = []
+
+    def resume(batch_keys: object) -> list:  # type: ignore[type-arg]
+        new = [k for k in dict.fromkeys(batch_keys) if k in saved]  # type: ignore[call-overload]
+        asked.extend(new)
+        return [saved.pop(k) for k in new]
+
+    resumed = run(Pipeline(topo, model), recs[cut:], resume=resume)
+    assert sorted(asked) == ["a", "b", "c"]  # each entity asked for once
+    np.testing.assert_allclose(resumed[0], whole[0][cut:], rtol=1e-9)
+    np.testing.assert_allclose(resumed[1], whole[1][cut:], rtol=1e-9)
+    np.testing.assert_array_equal(resumed[2], whole[2][cut:])
+    tail = [a for a in whole[3] if a[0] >= cut]
+    assert resumed[3] == tail
+    fresh = run(Pipeline(topo, model), recs[cut:])
+    assert any(a[1] == opened for a in resumed[3])  # the incident open at the cut goes on, under its id
+    assert not np.allclose(fresh[1], whole[1][cut:])  # without the saved state the thresholds restart,
+    assert (cut, f"t:0:{cut}", "open") in fresh[3]  # and the incident under way pages again
+
+
+def test_forgetting_entities_keeps_the_others() -> None:
+    """``forget`` drops the entities of partitions another worker took over, and nothing else."""
+    topo = iid_topology(smoothing=3)
+    p = Pipeline(topo, loaded(train_model(iid_stream(2000, 1), topo)))
+    p.process_batch(keyed_records(iid_stream(30, 2), ["a", "b", "c"] * 10))
+    p.forget(["b"])
+    snap = p.snapshot()
+    assert set(snap["windower"]["buffers"]) == set(snap["smoother"]["buffers"]) == {"a", "c"}
+    assert set(snap["tracker"]["hist"]) == {"a", "c"}
