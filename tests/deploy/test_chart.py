@@ -196,7 +196,8 @@ def prod_docs() -> list[dict[str, Any]]:
 EVERYTHING_ON: dict[str, Any] = {
     "worker": {
         "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80},
-        "tuning": {"max_batch": 1000, "poll_timeout_ms": 100, "max_record_bytes": 4096, "model_poll_s": 2.5},
+        "tuning": {"max_batch": 1000, "poll_timeout_ms": 100, "max_record_bytes": 4096, "model_poll_s": 2.5,
+                   "checkpoint_s": 5, "entity_ttl_s": 86400},
     },
     "trainer": {"pdb": {"enabled": True}},
     "networkPolicy": {"enabled": True},

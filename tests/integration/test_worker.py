@@ -7,6 +7,7 @@ import json
 import uuid
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from stream_vae.hotpath import HotLoop
@@ -91,3 +92,139 @@ def test_records_in_alerts_and_dead_letters_out(kafka_bootstrap: str, redis_url:
     hit = {valid_rows[produced[(a["data"]["record"]["partition"], a["data"]["record"]["offset"])]] for a in alerts}
     assert stream.anomalous[sorted(hit)].mean() > 0.6, "most alerts are on injected anomalies"
     assert stream.count_detected(hit) >= 0.8 * len(stream.injected)
+
+
+def _resume_case(name: str, kafka_bootstrap: str, redis_url: str, redis_prefix: str):  # type: ignore[no-untyped-def]
+    """A topology whose thresholds move within a few hundred records, its model, and a stream."""
+    topo = synth_topology(name, epochs=6, alerts={"group": "incident"},
+                          calibration={"fpr": 0.01, "half_life": 200, "track_every": 40, "smoothing": 3})
+    s = settings(kafka_bootstrap, redis_url, redis_prefix)
+    client = redis_client(s.redis)
+    registry = RedisModelRegistry(client, prefix=redis_prefix)
+    art = registry.register(quick_model(topo), activate=True)
+    return topo, s, client, registry, art, generate(n_steps=400, t0=1200, anomaly_rate=0.02, seed=5).rows
+
+
+class _Decisions:
+    """What the workers decided, per record, and the incident alerts they built (before the gate)."""
+
+    def __init__(self) -> None:
+        self.where: dict[int, tuple[int, int]] = {}  # row index -> (partition, offset)
+        self.seen: dict[tuple[int, int], tuple[float, bool]] = {}
+        self.incidents: list[tuple[int, int, str | None, str | None]] = []
+
+    def collect(self, em) -> None:  # type: ignore[no-untyped-def]
+        out = em.outcome
+        for r, thr, flag in zip(out.scored, out.thresholds, out.is_anomaly, strict=True):
+            self.seen[(r.partition, r.offset)] = (float(thr), bool(flag))
+        self.incidents.extend((a.partition, a.offset, a.incident, a.incident_event) for a in out.alerts)
+
+    def check_against_one_pipeline(self, topo, registry, art, rows, late_from: int) -> None:  # type: ignore[no-untyped-def]
+        """The same as one pipeline that saw every record of each entity in its partition's order."""
+        from stream_vae.pipeline import Pipeline
+        from stream_vae.records import RawRecord
+
+        assert len(self.seen) == len(rows), "every record scored once"
+        order = sorted(range(len(rows)), key=lambda i: self.where[i])
+        recs = [RawRecord(json.dumps(rows[i]).encode(), None, topo.input_topic, *self.where[i], 0) for i in order]
+        ref = Pipeline(topo, registry.load(topo.name, art.version, topology=topo)).process_batch(recs)
+        want = {(r.partition, r.offset): (float(t), bool(f))
+                for r, t, f in zip(ref.scored, ref.thresholds, ref.is_anomaly, strict=True)}
+        late = [po for i, po in self.where.items() if i >= late_from]
+        assert len({want[po][0] for po in late}) > 3, "thresholds moved in the second half"
+        np.testing.assert_allclose([self.seen[po][0] for po in late], [want[po][0] for po in late], rtol=1e-9)
+        assert [self.seen[po][1] for po in late] == [want[po][1] for po in late]
+        got = sorted(self.incidents)
+        assert got == sorted((a.partition, a.offset, a.incident, a.incident_event) for a in ref.alerts)
+
+
+def _worker(topo, s, client, registry, d: _Decisions):  # type: ignore[no-untyped-def]
+    from stream_vae.monitor import StreamMonitor
+
+    slot = ModelSlot(registry, topo, poll_s=0.5)
+
+    async def start() -> tuple[HotLoop, StreamMonitor]:
+        await slot.wait_for_model()
+        monitor = StreamMonitor(topo, lambda: slot.pipeline, client=client, prefix=s.redis.prefix,
+                                checkpoint_s=3600)  # only the rebalance and the stop save state here
+        loop = HotLoop(monitor, settings=s, topology=topo, after_batch=d.collect, on_revoked=monitor.release)
+        await loop.start()
+        return loop, monitor
+
+    return start
+
+
+async def _until(cond, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+
+
+def test_a_restarted_worker_resumes_each_entity_where_the_last_one_stopped(
+        kafka_bootstrap: str, redis_url: str, redis_prefix: str) -> None:
+    """Worker 1 scores the first half of the stream and stops (a deploy); worker 2, with fresh memory,
+    scores the rest. With each entity's state checkpointed in Redis the two give exactly the
+    thresholds, flags and incident alerts of one pipeline that saw every record."""
+    name = f"rs{uuid.uuid4().hex[:6]}"
+    topo, s, client, registry, art, rows = _resume_case(name, kafka_bootstrap, redis_url, redis_prefix)
+    half = len(rows) // 2
+    d = _Decisions()
+
+    async def run_one(part: list[dict[str, object]], start: int) -> None:
+        await produce_rows(s.kafka, topo.input_topic, part, key_field="entity",  # type: ignore[arg-type]
+                           on_ack=lambda i, p, o: d.where.__setitem__(start + i, (p, o)))
+        loop, monitor = await _worker(topo, s, client, registry, d)()
+        target = len(d.seen) + len(part)
+
+        async def stopper() -> None:
+            await _until(lambda: len(d.seen) >= target, 90)
+            loop.request_stop()
+
+        await asyncio.gather(loop.run(), stopper())
+        monitor.checkpoint()  # what the worker app does when its loop ends
+
+    async def scenario() -> None:
+        await ensure_topics(s.kafka, {topo.input_topic: 3})
+        await run_one(rows[:half], 0)
+        await run_one(rows[half:], half)
+
+    asyncio.run(scenario())
+    saved = sorted(k.decode() for k in client.scan_iter(f"{redis_prefix}:{name}:entity:*"))
+    assert saved == sorted(f"{redis_prefix}:{name}:entity:{e}" for e in {r["entity"] for r in rows})
+    assert 0 < client.ttl(saved[0]) <= 7 * 86400
+    d.check_against_one_pipeline(topo, registry, art, rows, half)
+
+
+def test_a_worker_joining_takes_over_entities_with_their_state(
+        kafka_bootstrap: str, redis_url: str, redis_prefix: str) -> None:
+    """Scaling out: worker A owns every partition, worker B joins the group, the rebalance moves
+    partitions (A saves and forgets their entities, B resumes them from Redis), and the second half
+    of the stream is judged exactly as one pipeline would."""
+    name = f"rb{uuid.uuid4().hex[:6]}"
+    topo, s, client, registry, art, rows = _resume_case(name, kafka_bootstrap, redis_url, redis_prefix)
+    half = len(rows) // 2
+    d = _Decisions()
+
+    async def scenario() -> set[int]:
+        await ensure_topics(s.kafka, {topo.input_topic: 4})
+        await produce_rows(s.kafka, topo.input_topic, rows[:half], key_field="entity",  # type: ignore[arg-type]
+                           on_ack=lambda i, p, o: d.where.__setitem__(i, (p, o)))
+        a, _ = await _worker(topo, s, client, registry, d)()
+        run_a = asyncio.ensure_future(a.run())
+        await _until(lambda: len(d.seen) >= half, 90)
+        b, _ = await _worker(topo, s, client, registry, d)()
+        run_b = asyncio.ensure_future(b.run())
+        await _until(lambda: bool(a.assigned) and bool(b.assigned) and len(a.assigned | b.assigned) == 4, 60)
+        moved = {tp.partition for tp in b.assigned}
+        await produce_rows(s.kafka, topo.input_topic, rows[half:], key_field="entity",  # type: ignore[arg-type]
+                           on_ack=lambda i, p, o: d.where.__setitem__(half + i, (p, o)))
+        await _until(lambda: len(d.seen) >= len(rows), 90)
+        a.request_stop()
+        b.request_stop()
+        await asyncio.gather(run_a, run_b)
+        return moved
+
+    moved = asyncio.run(scenario())
+    assert moved, "the rebalance gave B partitions"
+    assert any(p in moved for i, (p, _) in d.where.items() if i < half), "B took over entities A had scored"
+    d.check_against_one_pipeline(topo, registry, art, rows, half)
