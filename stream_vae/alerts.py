@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -129,8 +129,9 @@ class IncidentTracker:
     With ``group = "record"`` every flagged record alerts (each is its own incident). With
     ``"incident"`` only :func:`incident_alerts` records do, so a sustained anomaly pages once (and
     again when it escalates), not once per record; every alert names its incident by the record
-    that opened it (``topic:partition:offset``), stable across replays. Bounded to ``max_entities``
-    (least recently seen forgotten); snapshot/restorable.
+    that opened it (``topic:partition:offset``), stable across replays, and the entity's next
+    record that is not flagged ends it (:attr:`Selection.ends`). Bounded to ``max_entities`` (least
+    recently seen forgotten); snapshot/restorable.
     """
 
     state_keys = ("open",)
@@ -138,29 +139,35 @@ class IncidentTracker:
     def __init__(self, group: AlertGrouping, *, max_entities: int = 100_000) -> None:
         self.group = group
         self.max_entities = max_entities
-        self._open: OrderedDict[str, list[Any]] = OrderedDict()  # key -> [incident id or None, in range run]
+        # key -> [incident id or None, in a range run, flagged records so far in the incident]
+        self._open: OrderedDict[str, list[Any]] = OrderedDict()
 
-    def select(self, batch: ValidBatch, flagged: BoolArray, beyond: BoolArray) -> tuple[BoolArray, list[str | None]]:
-        """Records to alert on, and each record's incident id (None: not flagged, or its own incident)."""
+    def select(self, batch: ValidBatch, flagged: BoolArray, beyond: BoolArray) -> Selection:
+        """Records to alert on, each record's incident id (None: not flagged, or its own incident), and
+        the incidents that ended."""
         n = len(flagged)
         ids: list[str | None] = [None] * n
+        ends: list[tuple[int, str, int]] = []
         if self.group == "record":
-            return np.asarray(flagged, dtype=bool), ids
+            return Selection(np.asarray(flagged, dtype=bool), ids, ends)
         alert = np.zeros(n, dtype=bool)
         for key, idx in entity_groups(batch.keys).items():
-            state = lru_slot(self._open, key, lambda: [None, False], self.max_entities)
+            state = lru_slot(self._open, key, lambda: [None, False, 0], self.max_entities)
             f, b = flagged[idx], beyond[idx] & flagged[idx]
             alert[idx] = incident_alerts(f, b, in_run=state[0] is not None, in_range_run=bool(state[1]))
-            current = state[0]
-            for j, i in enumerate(idx):
+            current, count = state[0], state[2]
+            for j, i in enumerate(idx.tolist()):
                 if not f[j]:
-                    current = None
+                    if current is not None:
+                        ends.append((i, current, count))
+                    current, count = None, 0
                     continue
                 if current is None:
-                    current = _record_id(batch, int(i))
+                    current = _record_id(batch, i)
+                count += 1
                 ids[i] = current
-            state[0], state[1] = current, bool(b[-1]) if current is not None else False
-        return alert, ids
+            state[0], state[1], state[2] = current, bool(b[-1]) if current is not None else False, count
+        return Selection(alert, ids, sorted(ends))
 
     def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
         return {"open": {k: v for k, v in pick(self._open, keys) if v[0] is not None}}
@@ -170,10 +177,18 @@ class IncidentTracker:
         if not merge:
             self._open = OrderedDict()
         for k, v in state.get("open", {}).items():
-            put(self._open, k, [v[0], bool(v[1])], self.max_entities)
+            put(self._open, k, [v[0], bool(v[1]), int(v[2]) if len(v) > 2 else 0], self.max_entities)
 
     def forget(self, keys: Iterable[str]) -> None:
         forget(self._open, keys)
+
+
+class Selection(NamedTuple):
+    """What :meth:`IncidentTracker.select` decided for a batch."""
+
+    alert: BoolArray  # records to alert on
+    incidents: list[str | None]  # each flagged record's incident id (None: its own)
+    ends: list[tuple[int, str, int]]  # (row of the first unflagged record, incident id, flagged records in it)
 
 
 def _record_id(batch: ValidBatch, i: int) -> str:

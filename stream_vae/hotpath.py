@@ -10,7 +10,6 @@ rebalance neither loses nor re-scores records.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from stream_vae import metrics
 from stream_vae.config import Settings
-from stream_vae.monitor import Emission, Message, dlq_message
+from stream_vae.monitor import Emission, Message, alert_messages, dlq_message
 from stream_vae.pipeline import Pipeline
 from stream_vae.records import RawRecord
 from stream_vae.topology import Topology
@@ -46,8 +45,7 @@ class PlainProcessor:
     def process(self, records: list[RawRecord]) -> Emission:
         out = self.pipeline.process_batch(records)
         topo = self.pipeline.topology
-        msgs = [Message(topo.alerts.anomaly_topic, a.key.encode(), json.dumps(a.to_event()).encode())
-                for a in out.alerts]
+        msgs = alert_messages(topo, out.alerts, out.resolved)
         return Emission(out, msgs + [dlq_message(r, topo) for r in out.rejections], alerts=out.alerts)
 
 

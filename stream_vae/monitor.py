@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from stream_vae.drift import DriftMonitor, DriftSignal
 from stream_vae.hygiene import AlertGate
 from stream_vae.lifecycle import DriftPolicy, GuardVerdict, RedisEpisodeStore, SwapGuard
 from stream_vae.model.registry import LoadedModel
-from stream_vae.records import Alert, BatchOutcome, RawRecord, Rejection, envelope
+from stream_vae.records import Alert, BatchOutcome, IncidentEnd, RawRecord, Rejection, envelope
 from stream_vae.reservoir import Reservoir
 from stream_vae.state import EntityCheckpoints, load_snapshot
 from stream_vae.topology import Topology
@@ -51,6 +51,12 @@ class Emission:
     suppressed: int = 0
     drift_signals: list[DriftSignal] = field(default_factory=list)
     rollback: GuardVerdict | None = None
+
+
+def alert_messages(topo: Topology, alerts: Sequence[Alert], resolved: Sequence[IncidentEnd]) -> list[Message]:
+    """Alerts and incident ends for the anomaly topic, keyed by entity, in the order of their records."""
+    events: list[Alert | IncidentEnd] = sorted([*alerts, *resolved], key=lambda e: (e.partition, e.offset))
+    return [Message(topo.alerts.anomaly_topic, e.key.encode(), json.dumps(e.to_event()).encode()) for e in events]
 
 
 def dlq_message(rej: Rejection, topology: Topology) -> Message:
@@ -209,8 +215,7 @@ class StreamMonitor:
                 w = n / self._baseline_n
                 self.baseline_rate = (1 - w) * self.baseline_rate + w * (k / n)
             verdict = self.guard.update(n, k)
-        for a in alerts:
-            msgs.append(Message(topo.alerts.anomaly_topic, a.key.encode(), json.dumps(a.to_event()).encode()))
+        msgs += alert_messages(topo, alerts, out.resolved)
         msgs += [dlq_message(r, topo) for r in out.rejections]
         if topo.alerts.audit_topic and (out.scored or out.rejections):
             flagged = [out.scored[i] for i in np.flatnonzero(out.is_anomaly)]

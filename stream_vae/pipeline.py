@@ -16,7 +16,7 @@ from stream_vae.alerts import AlertBuilder, IncidentTracker
 from stream_vae.calibrate import RangeTracker, ScoreSmoother, ThresholdTracker
 from stream_vae.model.registry import LoadedModel
 from stream_vae.preprocess import SeasonalDiffer, Windower
-from stream_vae.records import Alert, BatchOutcome, RawRecord
+from stream_vae.records import Alert, BatchOutcome, IncidentEnd, RawRecord, ValidBatch
 from stream_vae.topology import Topology
 from stream_vae.validate import Validator
 
@@ -157,7 +157,7 @@ class Pipeline:
             outside = outside[:, :d] | outside[:, d:]
         beyond = np.any(outside, axis=1, keepdims=False).astype(bool)
         flagged = (score > thresholds) | beyond  # a feature beyond its range so far: flagged whatever the score
-        alerting, incident_ids = self.incidents.select(batch, flagged, beyond)  # alerts.group
+        alerting, incident_ids, ends = self.incidents.select(batch, flagged, beyond)  # alerts.group
         idx = np.flatnonzero(alerting)
         alerts: list[tuple[int, Alert]] = []
         for thr in np.unique(thresholds[idx]):
@@ -173,4 +173,10 @@ class Pipeline:
             batch.records, [a for _, a in alerts], rejected, result, float(thresholds[-1]), model.version, flagged,
             batch=batch,  # the reservoir keeps the raw features of records the model did not flag
             beyond_range=beyond, thresholds=thresholds,
+            resolved=[self._ended(batch, i, inc, n, model.version) for i, inc, n in ends],
         )
+
+    def _ended(self, batch: ValidBatch, i: int, incident: str, records: int, version: str) -> IncidentEnd:
+        rec = batch.records[i]
+        return IncidentEnd(self.topology.name, batch.keys[i], incident, records, rec.topic, rec.partition,
+                           rec.offset, batch.event_times[i], version)

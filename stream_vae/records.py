@@ -110,6 +110,39 @@ class Alert:
         )
 
 
+@dataclass
+class IncidentEnd:
+    """An incident is over (``alerts.group: incident``): its entity's first record that was not flagged.
+
+    Published on the anomaly topic as ``io.stream-vae.incident.resolved``, keyed by the entity, so an
+    alert consumer (a pager) can close what the incident's ``open`` alert opened.
+    """
+
+    stream: str
+    key: str
+    incident: str  # the id its open alert carried
+    records: int  # flagged records in the incident
+    topic: str
+    partition: int
+    offset: int
+    event_time: Any
+    model_version: str
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "topology_id": self.stream,
+            "key": self.key,
+            "record": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
+            "event_time": self.event_time,
+            "model_version": self.model_version,
+            "incident": {"id": self.incident, "event": "resolve", "records": self.records},
+        }
+
+    def to_event(self) -> dict[str, Any]:
+        return envelope("io.stream-vae.incident.resolved", source=f"stream-vae/{self.stream}", data=self.data())
+
+
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
     """What one call of ``Pipeline.process_batch`` produced."""
@@ -126,6 +159,7 @@ class BatchOutcome:
     beyond_range: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     # the threshold each scored record was compared with (it can move inside a batch: calibration.track_every)
     thresholds: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    resolved: list[IncidentEnd] = field(default_factory=list)  # incidents that ended (alerts.group: incident)
 
 
 def envelope(type_: str, *, source: str, data: dict[str, Any], id: str = "", time: str = "") -> dict[str, Any]:

@@ -106,7 +106,7 @@ def _resume_case(name: str, kafka_bootstrap: str, redis_url: str, redis_prefix: 
 
 
 class _Decisions:
-    """What the workers decided, per record, and the incident alerts they built (before the gate)."""
+    """What the workers decided, per record, and the incident alerts and ends they built (before the gate)."""
 
     def __init__(self) -> None:
         self.where: dict[int, tuple[int, int]] = {}  # row index -> (partition, offset)
@@ -118,6 +118,7 @@ class _Decisions:
         for r, thr, flag in zip(out.scored, out.thresholds, out.is_anomaly, strict=True):
             self.seen[(r.partition, r.offset)] = (float(thr), bool(flag))
         self.incidents.extend((a.partition, a.offset, a.incident, a.incident_event) for a in out.alerts)
+        self.incidents.extend((e.partition, e.offset, e.incident, f"resolve {e.records}") for e in out.resolved)
 
     def check_against_one_pipeline(self, topo, registry, art, rows, late_from: int) -> None:  # type: ignore[no-untyped-def]
         """The same as one pipeline that saw every record of each entity in its partition's order."""
@@ -134,8 +135,10 @@ class _Decisions:
         assert len({want[po][0] for po in late}) > 3, "thresholds moved in the second half"
         np.testing.assert_allclose([self.seen[po][0] for po in late], [want[po][0] for po in late], rtol=1e-9)
         assert [self.seen[po][1] for po in late] == [want[po][1] for po in late]
-        got = sorted(self.incidents)
-        assert got == sorted((a.partition, a.offset, a.incident, a.incident_event) for a in ref.alerts)
+        want_incidents = [(a.partition, a.offset, a.incident, a.incident_event) for a in ref.alerts]
+        want_incidents += [(e.partition, e.offset, e.incident, f"resolve {e.records}") for e in ref.resolved]
+        assert any(x[3].startswith("resolve") for x in want_incidents)
+        assert sorted(self.incidents) == sorted(want_incidents)
 
 
 def _worker(topo, s, client, registry, d: _Decisions):  # type: ignore[no-untyped-def]

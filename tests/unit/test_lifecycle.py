@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from stream_vae.drift import DriftSignal
 from stream_vae.hygiene import AlertGate
 from stream_vae.lifecycle import DriftPolicy, MemoryEpisodeStore, SwapGuard
@@ -122,3 +124,25 @@ def test_alert_gate_lets_an_escalating_incident_through_its_cool_down() -> None:
     worse = dataclasses.replace(_alert("a", score=20), offset=5, incident="t:0:1", incident_event="escalate")
     assert gate.filter([opened], episode=None) == ([opened], 0)
     assert gate.filter([worse, dataclasses.replace(_alert("a"), offset=9)], episode=None) == ([worse], 1)
+
+
+def test_alerts_and_incident_ends_go_out_keyed_by_entity_in_the_order_of_their_records() -> None:
+    """On the anomaly topic an incident's end follows its alerts, and precedes the next incident's open."""
+    import json
+
+    from stream_vae.monitor import alert_messages
+    from stream_vae.records import IncidentEnd
+
+    topo = synth_topology(alerts={"group": "incident"})
+    first = dataclasses.replace(_alert("a"), offset=1, incident="t:0:1")
+    second = dataclasses.replace(_alert("a"), offset=9, incident="t:0:9")
+    end = IncidentEnd(topo.name, "a", "t:0:1", 4, "t", 0, 5, None, "v1")
+    msgs = alert_messages(topo, [first, second], [end])
+    assert [m.topic for m in msgs] == [topo.alerts.anomaly_topic] * 3 and {m.key for m in msgs} == {b"a"}
+    events = [json.loads(m.value) for m in msgs]
+    assert [(e["type"], e["data"]["incident"]["id"], e["data"]["incident"]["event"]) for e in events] == [
+        ("io.stream-vae.anomaly", "t:0:1", "open"),
+        ("io.stream-vae.incident.resolved", "t:0:1", "resolve"),
+        ("io.stream-vae.anomaly", "t:0:9", "open"),
+    ]
+    assert events[1]["data"]["incident"]["records"] == 4 and events[1]["data"]["record"]["offset"] == 5

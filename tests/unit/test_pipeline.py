@@ -268,8 +268,15 @@ def test_incident_grouping_alerts_once_per_run_and_again_when_it_escalates() -> 
     p1.process_batch(recs[:23])
     p2 = Pipeline(inc, model)
     p2.restore(json.loads(json.dumps(p1.snapshot())))
-    resumed = [a for a in p2.process_batch(recs[23:]).alerts if a.offset < 32]
+    rest = p2.process_batch(recs[23:])
+    resumed = [a for a in rest.alerts if a.offset < 32]
     assert [(a.offset, a.incident, a.incident_event) for a in resumed] == [(25, "t:0:20", "escalate")]
+    end = int(np.flatnonzero(~out.is_anomaly[20:])[0]) + 20  # a's first record back to normal
+    ended = [(e.offset, e.incident, e.records) for e in out.resolved if e.incident == "t:0:20"]
+    assert ended == [(end, "t:0:20", end - 20)]
+    ev = out.resolved[0].to_event()
+    assert ev["type"] == "io.stream-vae.incident.resolved" and ev["data"]["incident"]["event"] == "resolve"
+    assert [(e.offset, e.records) for e in rest.resolved if e.incident == "t:0:20"] == [(end, end - 20)]  # resumed
     rec_topo = _grouped(base, "record")
     assert isinstance(rec_topo, Topology)
     every = [a for a in Pipeline(rec_topo, model).process_batch(recs).alerts if 20 <= a.offset < 30]
@@ -278,7 +285,8 @@ def test_incident_grouping_alerts_once_per_run_and_again_when_it_escalates() -> 
 
 
 def test_incident_alerts_do_not_depend_on_the_batching_or_on_other_entities() -> None:
-    """IncidentTracker over interleaved entities in batches of 1, 7 or all equals incident_alerts per entity."""
+    """IncidentTracker over interleaved entities in batches of 1, 7 or all equals incident_alerts per entity,
+    and ends each incident at its entity's next unflagged record, counting its flagged records."""
     from stream_vae.alerts import IncidentTracker, incident_alerts
     from stream_vae.records import ValidBatch
     from stream_vae.validate import Validator
@@ -290,18 +298,29 @@ def test_incident_alerts_do_not_depend_on_the_batching_or_on_other_entities() ->
     beyond = flagged & (rng.random(n) < 0.4)
     batch, _ = Validator(iid_topology()).validate(keyed_records(iid_stream(n, 6), keys))
     want = np.zeros(n, dtype=bool)
+    want_ends = []
     for k in "abc":
         idx = np.flatnonzero(np.array(keys) == k)
         want[idx] = incident_alerts(flagged[idx], beyond[idx])
+        f = flagged[idx]
+        for j in range(1, len(idx)):  # a run of f ends at j: count it back to where it started
+            if f[j - 1] and not f[j]:
+                start = j - 1
+                while start > 0 and f[start - 1]:
+                    start -= 1
+                want_ends.append((int(idx[j]), f"t:0:{idx[start]}", j - start))
     def part(i: int, j: int) -> ValidBatch:
         return ValidBatch(batch.records[i:j], batch.X[i:j], batch.keys[i:j], batch.event_times[i:j])
 
+    assert len(want_ends) > 10
     for step in (1, 7, n):
         tracker = IncidentTracker("incident")
-        got = np.concatenate([
-            tracker.select(part(i, i + step), flagged[i : i + step], beyond[i : i + step])[0] for i in range(0, n, step)
-        ])
-        np.testing.assert_array_equal(got, want)
+        starts = range(0, n, step)
+        sel = [tracker.select(part(i, i + step), flagged[i : i + step], beyond[i : i + step]) for i in starts]
+        np.testing.assert_array_equal(np.concatenate([x.alert for x in sel]), want)
+        ends = [(i0 + row, inc, count) for i0, x in zip(starts, sel, strict=True) for row, inc, count in x.ends]
+        assert sorted(ends) == sorted(want_ends)
+    assert IncidentTracker("record").select(batch, flagged, beyond).ends == []
 
 
 def test_entities_resumed_from_their_saved_state_are_judged_as_if_the_worker_never_stopped() -> None:
