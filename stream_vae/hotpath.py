@@ -70,7 +70,10 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
             if self.loop.on_revoked is not None and revoked:
                 # hand the partitions' entity state to their next owner before it starts reading them;
                 # under the lock, so no batch runs meanwhile
-                await asyncio.to_thread(self.loop.on_revoked, {tp.partition for tp in revoked})
+                try:
+                    await asyncio.to_thread(self.loop.on_revoked, {tp.partition for tp in revoked})
+                except Exception as exc:  # never break the rebalance: the next owner starts those entities afresh
+                    log.error("partitions_release_failed", error=f"{type(exc).__name__}: {exc}")
         log.info("partitions_revoked", partitions=[f"{tp.topic}:{tp.partition}" for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
