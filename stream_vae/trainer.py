@@ -186,14 +186,17 @@ class Trainer:
         cand = load_artifact(to_artifact(cand_t, "candidate"), topology=topo)
         hx, hk = X[-n_hold:], keys[-n_hold:]
         v_new, v_old = evaluate(topo, cand, hx, hk), evaluate(topo, active, hx, hk)
+        # models that see different inputs (a seasonal period added, dropped or changed) have likelihoods
+        # of different things: only the flag-rate gate, and the live swap guard, can judge between them
+        comparable = cand.seasonal_period == active.seasonal_period
         evidence = {"kind": "retrain", "records": len(X), "holdout": n_hold,
-                    "candidate": v_new.as_dict(), "active": v_old.as_dict()}
+                    "candidate": v_new.as_dict(), "active": v_old.as_dict(), "nll_compared": comparable}
         baseline = float(data.get("baseline_alert_rate") or 0.0)
         limit = max(spec.max_alert_rate_factor * topo.calibration.fpr, spec.baseline_factor * baseline)
         if v_new.alert_rate > limit:
             return [self._refuse(topo, f"candidate flags {v_new.alert_rate:.4f} of held-out recent records "
                                        f"(limit {limit:.4f})", active.version)]
-        if v_new.nll_raw > v_old.nll_raw:
+        if comparable and v_new.nll_raw > v_old.nll_raw:
             return [self._refuse(topo, f"candidate explains held-out recent records worse than {active.version} "
                                        f"(NLL {v_new.nll_raw:.3f} > {v_old.nll_raw:.3f})", active.version)]
         return [self._register(topo, cand_t, active, evidence)]

@@ -93,3 +93,22 @@ def test_unknown_stream_is_ignored(setup) -> None:  # type: ignore[no-untyped-de
     """Requests for streams this trainer does not own produce nothing."""
     *_, trainer = setup
     assert trainer.handle({"stream": "other", "kind": "retrain"}) == []
+
+
+def test_a_candidate_with_another_seasonal_period_is_not_judged_by_a_likelihood_it_does_not_share(
+        setup) -> None:  # type: ignore[no-untyped-def]
+    """The topology now asks for seasonal differences: the candidate sees each feature and its change
+    since a period ago, so its likelihood is of twice the inputs and always looks worse than the
+    active model's. The flag-rate gate alone decides (before the fix it was refused on NLL 39.8 > 22.6)."""
+    _, registry, res, _ = setup
+    seasonal = synth_topology("tr", epochs=6, retrain={"min_records": 2000, "buffer_size": 5000},
+                              model={"latent_dim": 3, "hidden": [32, 16], "epochs": 6, "kl_warmup_epochs": 3,
+                                     "learning_rate": 0.003, "seasonal_period": 24})
+    trainer = Trainer({"tr": seasonal}, registry=registry, poll_s=0.1)
+    s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X))
+    ev = _event(trainer, {"stream": "tr", "kind": "retrain", "since_ms": now, "episode": "e-p",
+                          "baseline_alert_rate": 0.01})
+    assert ev["action"] == "activate", ev
+    assert registry.load("tr", str(ev["version"])).seasonal_period == 24
