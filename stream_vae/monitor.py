@@ -147,12 +147,15 @@ class StreamMonitor:
     def _snap_key(self, partition: int) -> str:
         return f"{self.prefix}:{self.topology.name}:drift:snapshot:{partition}"
 
-    def checkpoint(self) -> None:
-        """Save the drift detectors and the state of every entity touched since the last checkpoint."""
+    def _save_drift(self, monitors: dict[int, DriftMonitor]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        for p, mon in self._drift.items():
+        for p, mon in monitors.items():
             pipe.set(self._snap_key(p), json.dumps(mon.snapshot()))
         pipe.execute()
+
+    def checkpoint(self) -> None:
+        """Save the drift detectors and the state of every entity touched since the last checkpoint."""
+        self._save_drift(self._drift)
         pipeline = self.pipeline_of()
         if pipeline is not None:
             self.entities.save(pipeline)
@@ -162,12 +165,7 @@ class StreamMonitor:
         """A rebalance took ``partitions`` away: checkpoint their state for the next owner, forget it here."""
         pipeline = self.pipeline_of()
         saved = self.entities.release(pipeline, partitions) if pipeline is not None else 0
-        pipe = self.client.pipeline(transaction=False)
-        for p in partitions:
-            mon = self._drift.pop(p, None)
-            if mon is not None:
-                pipe.set(self._snap_key(p), json.dumps(mon.snapshot()))
-        pipe.execute()
+        self._save_drift({p: self._drift.pop(p) for p in partitions if p in self._drift})
         log.info("partitions_released", stream=self.topology.name, partitions=sorted(partitions), entities=saved)
 
     # -- the batch -----------------------------------------------------------------------------
