@@ -99,7 +99,6 @@ class Pipeline:
         return {
             "model_version": act.model.version,
             "seasonal_period": self.seasonal.period,
-            "window": self.windower.window,
             "seasonal": self.seasonal.snapshot(keys),
             "windower": self.windower.snapshot(keys),
             "incidents": self.incidents.snapshot(keys),
@@ -116,9 +115,8 @@ class Pipeline:
         """
         act = self._active
         self.seasonal.restore(state.get("seasonal", {}), merge=merge)  # raw records: any period reads its last ones
-        same_rows = state.get("seasonal_period", 0) == self.seasonal.period  # else the rows differ in width
-        if same_rows and state.get("window", self.windower.window) == self.windower.window:
-            self.windower.restore(state.get("windower", {}), merge=merge)
+        if state.get("seasonal_period", 0) == self.seasonal.period:  # else the rows differ in width
+            self.windower.restore(state.get("windower", {}), merge=merge)  # it skips windows of another length
         self.incidents.restore(state.get("incidents", {}), merge=merge)
         if state.get("model_version") == act.model.version:
             act.smoother.restore(state.get("smoother", {}), merge=merge)

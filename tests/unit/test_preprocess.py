@@ -135,3 +135,15 @@ def test_detect_period_finds_the_cycle_of_all_entities_and_features_or_none() ->
     assert detect_period(ents, min_lag=61) == 120  # a lag the window already covers is not a period
     r = lag_correlations(ents[0][:, 0], 120)
     assert r[0] == pytest.approx(1.0) and r[60] > 0.75 > r[30]
+
+
+def test_windows_of_another_length_are_not_restored() -> None:
+    """A checkpoint taken under another window length (a new model version) leaves the entity to start afresh."""
+    old = Windower(2)
+    old.transform(np.arange(6.0).reshape(3, 2), ["a"] * 3)
+    new = Windower(3)
+    new.restore(old.snapshot(), merge=True)
+    assert new.snapshot() == {"buffers": {}}
+    same = Windower(2)
+    same.restore(old.snapshot())
+    assert same.snapshot() == old.snapshot()
