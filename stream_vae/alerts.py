@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -130,8 +131,8 @@ class IncidentTracker:
     ``"incident"`` only :func:`incident_alerts` records do, so a sustained anomaly pages once (and
     again when it escalates), not once per record; every alert names its incident by the record
     that opened it (``topic:partition:offset``), stable across replays, and the entity's next
-    record that is not flagged ends it (:attr:`Selection.ends`). Bounded to ``max_entities`` (least
-    recently seen forgotten); snapshot/restorable.
+    record that is not flagged ends it (:attr:`Selection.ends`), or :meth:`expire` when the entity
+    stops sending. Bounded to ``max_entities`` (least recently seen forgotten); snapshot/restorable.
     """
 
     state_keys = ("open",)
@@ -139,12 +140,16 @@ class IncidentTracker:
     def __init__(self, group: AlertGrouping, *, max_entities: int = 100_000) -> None:
         self.group = group
         self.max_entities = max_entities
-        # key -> [incident id or None, in a range run, flagged records so far in the incident]
+        # key -> [incident id or None, in a range run, flagged records so far in the incident,
+        #         wall-clock time of the key's last record]
         self._open: OrderedDict[str, list[Any]] = OrderedDict()
 
-    def select(self, batch: ValidBatch, flagged: BoolArray, beyond: BoolArray) -> Selection:
+    def select(
+        self, batch: ValidBatch, flagged: BoolArray, beyond: BoolArray, *, now: float | None = None
+    ) -> Selection:
         """Records to alert on, each record's incident id (None: not flagged, or its own incident), and
-        the incidents that ended."""
+        the incidents that ended. ``now``: the wall-clock time the batch arrived (default: the clock)."""
+        now = time.time() if now is None else now
         n = len(flagged)
         ids: list[str | None] = [None] * n
         ends: list[tuple[int, str, int]] = []
@@ -152,7 +157,7 @@ class IncidentTracker:
             return Selection(np.asarray(flagged, dtype=bool), ids, ends)
         alert = np.zeros(n, dtype=bool)
         for key, idx in entity_groups(batch.keys).items():
-            state = lru_slot(self._open, key, lambda: [None, False, 0], self.max_entities)
+            state = lru_slot(self._open, key, lambda: [None, False, 0, now], self.max_entities)
             f, b = flagged[idx], beyond[idx] & flagged[idx]
             alert[idx] = incident_alerts(f, b, in_run=state[0] is not None, in_range_run=bool(state[1]))
             current, count = state[0], state[2]
@@ -166,8 +171,30 @@ class IncidentTracker:
                     current = _record_id(batch, i)
                 count += 1
                 ids[i] = current
-            state[0], state[1], state[2] = current, bool(b[-1]) if current is not None else False, count
+            state[:] = [current, bool(b[-1]) if current is not None else False, count, now]
         return Selection(alert, ids, sorted(ends))
+
+    def expire(self, idle_s: float, *, now: float | None = None) -> list[tuple[str, str, int]]:
+        """End the open incidents of keys that sent nothing for ``idle_s`` seconds (0: never):
+        ``(key, incident id, flagged records)`` each. A key that went quiet mid-incident would
+        otherwise leave it open, and its pager paging, for good.
+
+        Examples
+        --------
+        >>> t = IncidentTracker("incident")
+        >>> t.restore({"open": {"host-1": ["t:0:5", False, 3, 1000.0]}})
+        >>> t.expire(600, now=1500.0), t.expire(600, now=1600.0), t.expire(600, now=9999.0)
+        ([], [('host-1', 't:0:5', 3)], [])
+        """
+        if idle_s <= 0 or self.group == "record":
+            return []
+        now = time.time() if now is None else now
+        out = []
+        for key, state in self._open.items():
+            if state[0] is not None and now - state[3] >= idle_s:
+                out.append((key, state[0], state[2]))
+                state[:3] = [None, False, 0]
+        return out
 
     def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
         return {"open": {k: v for k, v in pick(self._open, keys) if v[0] is not None}}
@@ -177,7 +204,9 @@ class IncidentTracker:
         if not merge:
             self._open = OrderedDict()
         for k, v in state.get("open", {}).items():
-            put(self._open, k, [v[0], bool(v[1]), int(v[2]) if len(v) > 2 else 0], self.max_entities)
+            # states saved before the count / the last-seen time: count 0, seen now
+            count, seen = (int(v[2]) if len(v) > 2 else 0), (float(v[3]) if len(v) > 3 else time.time())
+            put(self._open, k, [v[0], bool(v[1]), count, seen], self.max_entities)
 
     def forget(self, keys: Iterable[str]) -> None:
         forget(self._open, keys)

@@ -150,7 +150,8 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
                 slot.on_swap = lambda old, new, rb: monitor.on_swap(old, new, rollback=rb)
                 guard = Rollbacks(registry, slot, topology)
                 loop = HotLoop(monitor, settings=settings, topology=topology, before_batch=slot.check,
-                               after_batch=guard.after_batch, on_revoked=monitor.release)
+                               after_batch=guard.after_batch, on_revoked=monitor.release,
+                               on_tick=monitor.tick)
                 guard.loop = loop
                 state.loop = loop
                 await loop.start()

@@ -95,6 +95,9 @@ class HotLoop:
     on_revoked
         Called (in a thread) with the input partitions a rebalance takes away, after their last batch
         was committed (``StreamMonitor.release``: checkpoint their entities for the next owner).
+    on_tick
+        Called (in a thread, under the batch lock) after a poll that brought nothing; the messages it
+        returns are published (``StreamMonitor.tick``: checkpoints and idle incident ends of a quiet stream).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class HotLoop:
         after_batch: BatchHook | None = None,
         group_id: str | None = None,
         on_revoked: Callable[[set[int]], object] | None = None,
+        on_tick: Callable[[], Sequence[Message]] | None = None,
     ) -> None:
         self.processor: Processor = PlainProcessor(processor) if isinstance(processor, Pipeline) else processor
         self.settings = settings
@@ -114,6 +118,7 @@ class HotLoop:
         self.before_batch = before_batch
         self.after_batch = after_batch
         self.on_revoked = on_revoked
+        self.on_tick = on_tick
         self.group_id = group_id or topology.consumer_group
         self.batch_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
@@ -176,6 +181,9 @@ class HotLoop:
                     await self.before_batch()
                 got = await consumer.getmany(timeout_ms=w.poll_timeout_ms, max_records=w.max_batch)
                 if not got:
+                    if self.on_tick is not None:
+                        async with self.batch_lock:
+                            await self.publish(await asyncio.to_thread(self.on_tick))
                     continue
                 async with self.batch_lock:
                     await self._process(got)

@@ -54,8 +54,10 @@ class Emission:
 
 
 def alert_messages(topo: Topology, alerts: Sequence[Alert], resolved: Sequence[IncidentEnd]) -> list[Message]:
-    """Alerts and incident ends for the anomaly topic, keyed by entity, in the order of their records."""
-    events: list[Alert | IncidentEnd] = sorted([*alerts, *resolved], key=lambda e: (e.partition, e.offset))
+    """Alerts and incident ends for the anomaly topic, keyed by entity, in the order of their records
+    (an idle end has no record: it comes first)."""
+    events: list[Alert | IncidentEnd] = sorted(
+        [*alerts, *resolved], key=lambda e: (-1, -1) if e.offset is None else (e.partition, e.offset))
     return [Message(topo.alerts.anomaly_topic, e.key.encode(), json.dumps(e.to_event()).encode()) for e in events]
 
 
@@ -161,6 +163,22 @@ class StreamMonitor:
             self.entities.save(pipeline)
         self._last_ckpt = time.monotonic()
 
+    def tick(self) -> list[Message]:
+        """Between batches (the hot loop calls it when a poll brings nothing): the periodic work is due
+        on the clock even when no record arrives, so a stream that went quiet is checkpointed and its
+        idle incidents resolved."""
+        return self._periodic() if time.monotonic() - self._last_ckpt > self.checkpoint_s else []
+
+    def _periodic(self) -> list[Message]:
+        """Every ``checkpoint_s``: resolve incidents of entities gone quiet, then checkpoint."""
+        pipeline = self.pipeline_of()
+        ends = pipeline.expire_incidents() if pipeline is not None else []
+        self.entities.changed(e.key for e in ends)
+        for e in ends:
+            log.info("incident_resolved_idle", stream=self.topology.name, key=e.key, incident=e.incident)
+        self.checkpoint()
+        return alert_messages(self.topology, [], ends)
+
     def release(self, partitions: Collection[int]) -> None:
         """A rebalance took ``partitions`` away: checkpoint their state for the next owner, forget it here."""
         pipeline = self.pipeline_of()
@@ -223,7 +241,7 @@ class StreamMonitor:
                      "suppressed": suppressed}
             msgs.append(Message(topo.alerts.audit_topic, None, json.dumps(audit).encode()))
         if time.monotonic() - self._last_ckpt > self.checkpoint_s:
-            self.checkpoint()
+            msgs += self._periodic()
         return Emission(out, msgs, alerts, suppressed, signals, verdict)
 
     def _keep_recent(self, out: BatchOutcome, *, drifting: bool) -> None:

@@ -174,6 +174,12 @@ class Pipeline:
             resolved=[self._ended(batch, i, inc, n, model.version) for i, inc, n in ends],
         )
 
+    def expire_incidents(self, *, now: float | None = None) -> list[IncidentEnd]:
+        """Resolve the open incidents of entities that sent nothing for ``alerts.incident_idle_s``."""
+        idle_s, version = self.topology.alerts.incident_idle_s, self.model.version
+        return [IncidentEnd(self.topology.name, key, incident, n, None, None, None, None, version, reason="idle")
+                for key, incident, n in self.incidents.expire(idle_s, now=now)]
+
     def _ended(self, batch: ValidBatch, i: int, incident: str, records: int, version: str) -> IncidentEnd:
         rec = batch.records[i]
         return IncidentEnd(self.topology.name, batch.keys[i], incident, records, rec.topic, rec.partition,

@@ -112,7 +112,9 @@ class Alert:
 
 @dataclass
 class IncidentEnd:
-    """An incident is over (``alerts.group: incident``): its entity's first record that was not flagged.
+    """An incident is over (``alerts.group: incident``): its entity's first record that was not flagged
+    (``reason="recovered"``), or no record of the entity for ``alerts.incident_idle_s`` (``"idle"``:
+    no record closed it, so ``topic``/``partition``/``offset``/``event_time`` are None).
 
     Published on the anomaly topic as ``io.stream-vae.incident.resolved``, keyed by the entity, so an
     alert consumer (a pager) can close what the incident's ``open`` alert opened.
@@ -122,21 +124,24 @@ class IncidentEnd:
     key: str
     incident: str  # the id its open alert carried
     records: int  # flagged records in the incident
-    topic: str
-    partition: int
-    offset: int
+    topic: str | None
+    partition: int | None
+    offset: int | None
     event_time: Any
     model_version: str
+    reason: str = "recovered"
 
     def data(self) -> dict[str, Any]:
+        record = None if self.topic is None else {"topic": self.topic, "partition": self.partition,
+                                                  "offset": self.offset}
         return {
             "stream": self.stream,
             "topology_id": self.stream,
             "key": self.key,
-            "record": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
+            "record": record,
             "event_time": self.event_time,
             "model_version": self.model_version,
-            "incident": {"id": self.incident, "event": "resolve", "records": self.records},
+            "incident": {"id": self.incident, "event": "resolve", "records": self.records, "reason": self.reason},
         }
 
     def to_event(self) -> dict[str, Any]:

@@ -122,6 +122,10 @@ class EntityCheckpoints:
             put(self._held, k, p, self.max_entities)
             self._dirty.add(k)
 
+    def changed(self, keys: Iterable[str]) -> None:
+        """These entities' state changed outside a batch (an incident resolved as idle): save them too."""
+        self._dirty.update(k for k in keys if k in self._held)
+
     def save(self, pipeline: Any, keys: Collection[str] | None = None) -> int:
         """Write the state of ``keys`` (default: every entity touched since the last save); returns how many."""
         todo = self._dirty if keys is None else self._dirty & set(keys)

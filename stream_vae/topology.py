@@ -212,6 +212,10 @@ class AlertSpec(_Strict):
         "records of a key alerts once when it opens and again when it escalates (a feature beyond the key's range "
         "so far, calibration.range_tolerance); every alert names its incident",
     )
+    incident_idle_s: float = Field(
+        default=3600.0, ge=0, description="with group: incident, an open incident whose key sends no record for "
+        "this long is resolved (reason idle); set it above the key's slowest sending interval (0 = never)",
+    )
     during_drift: DuringDrift = Field(
         default="suppress_medium", description="while a drift episode is open: mark alerts, or drop lower ones"
     )

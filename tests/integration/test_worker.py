@@ -231,3 +231,56 @@ def test_a_worker_joining_takes_over_entities_with_their_state(
     assert moved, "the rebalance gave B partitions"
     assert any(p in moved for i, (p, _) in d.where.items() if i < half), "B took over entities A had scored"
     d.check_against_one_pipeline(topo, registry, art, rows, half)
+
+
+def test_an_incident_of_a_key_that_goes_quiet_is_resolved_as_idle(
+        kafka_bootstrap: str, redis_url: str, redis_prefix: str) -> None:
+    """alerts.group: incident. A host sends three wild records and then nothing: its incident is open
+    with no next record to end it. On the worker's clock (the loop ticks when polls come back
+    empty) it is resolved after alerts.incident_idle_s, with reason idle and no record, and the
+    entity's checkpoint no longer holds it. Incidents that end with a normal record say recovered."""
+    name = f"id{uuid.uuid4().hex[:6]}"
+    topo = synth_topology(name, epochs=6, alerts={"group": "incident", "incident_idle_s": 1.0,
+                                                   "anomaly_topic": f"{name}.alerts"})
+    s = settings(kafka_bootstrap, redis_url, redis_prefix)
+    client = redis_client(s.redis)
+    registry = RedisModelRegistry(client, prefix=redis_prefix)
+    registry.register(quick_model(topo), activate=True)
+    rows: list[dict[str, object]] = list(generate(n_steps=150, t0=1200, anomaly_rate=0.0, seed=8).rows)
+    last = [r for r in rows if r["entity"] == "host-03"][-1]
+    rows += [{k: (v * 40 if isinstance(v, float) else v) for k, v in last.items()} for _ in range(3)]
+    d = _Decisions()
+
+    async def scenario() -> None:
+        from stream_vae.monitor import StreamMonitor
+
+        await ensure_topics(s.kafka, {topo.input_topic: 2})
+        await produce_rows(s.kafka, topo.input_topic, rows, key_field="entity",  # type: ignore[arg-type]
+                           on_ack=lambda i, p, o: d.where.__setitem__(i, (p, o)))
+        slot = ModelSlot(registry, topo, poll_s=0.5)
+        await slot.wait_for_model()
+        monitor = StreamMonitor(topo, lambda: slot.pipeline, client=client, prefix=s.redis.prefix, checkpoint_s=0.3)
+        loop = HotLoop(monitor, settings=s, topology=topo, after_batch=d.collect, on_revoked=monitor.release,
+                       on_tick=monitor.tick)
+        await loop.start()
+        run = asyncio.ensure_future(loop.run())
+        await _until(lambda: len(d.seen) >= len(rows), 90)
+        await asyncio.sleep(3.0)  # idle: > incident_idle_s plus a checkpoint interval
+        loop.request_stop()
+        await run
+
+    asyncio.run(scenario())
+    events = [json.loads(m.value) for m in asyncio.run(read_all(s.kafka, topo.alerts.anomaly_topic))]
+    opened = [e["data"]["incident"]["id"] for e in events
+              if e["data"]["key"] == "host-03" and e["data"]["incident"]["event"] == "open"]
+    wild = f"{topo.input_topic}:{d.where[len(rows) - 3][0]}:{d.where[len(rows) - 3][1]}"
+    assert wild in opened, "the wild records opened an incident"
+    ends = [e["data"] for e in events if e["type"] == "io.stream-vae.incident.resolved"]
+    idle = [x for x in ends if x["incident"]["reason"] == "idle"]
+    assert [(x["key"], x["incident"]["id"], x["incident"]["records"], x["record"]) for x in idle] == [
+        ("host-03", wild, 3, None)]
+    assert all(x["record"] is not None for x in ends if x["incident"]["reason"] == "recovered")
+    assert {x["incident"]["reason"] for x in ends} <= {"idle", "recovered"}
+    saved = json.loads(client.get(f"{redis_prefix}:{name}:entity:host-03"))
+    assert "tracker" in saved, "the entity was checkpointed"
+    assert "host-03" not in saved.get("incidents", {}).get("open", {}), "... without the resolved incident"

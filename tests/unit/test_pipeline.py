@@ -284,6 +284,55 @@ def test_incident_grouping_alerts_once_per_run_and_again_when_it_escalates() -> 
     assert all(a.incident == f"t:0:{a.offset}" and a.incident_event == "open" for a in every)
 
 
+def test_an_incident_whose_key_goes_quiet_is_resolved_after_the_idle_time() -> None:
+    """alerts.incident_idle_s: an open incident of a key that sends nothing more ends with reason idle
+    (no record), once; the key's next wild record opens a new incident. The last-seen time survives a
+    snapshot, and states saved before it existed resume as seen at restore."""
+    import json
+    import time
+
+    from stream_vae.monitor import alert_messages
+    from stream_vae.topology import Topology
+
+    base = iid_topology()
+    model = loaded(train_model(iid_stream(3000, 3), base))
+    X = iid_stream(30, 4)
+    X[20:, 1] = 50.0  # a wild run that is still going when the key stops sending
+    recs = keyed_records(X, ["a"] * 20 + ["a"] * 10)
+    inc = _grouped(base, "incident")
+    assert isinstance(inc, Topology)
+    idle = inc.alerts.incident_idle_s
+    pipe = Pipeline(inc, model)
+    t0 = time.time()
+    out = pipe.process_batch(recs[:25])
+    assert out.is_anomaly[20:25].all() and not [e for e in out.resolved if e.offset >= 20]
+    assert pipe.expire_incidents(now=t0 + idle / 2) == []
+    saved = json.loads(json.dumps(pipe.snapshot()))
+    (end,) = pipe.expire_incidents(now=time.time() + idle)
+    assert (end.key, end.incident, end.records, end.reason, end.offset) == ("a", "t:0:20", 5, "idle", None)
+    data = end.to_event()["data"]
+    assert data["record"] is None and data["incident"] == {"id": "t:0:20", "event": "resolve", "records": 5,
+                                                           "reason": "idle"}
+    assert pipe.expire_incidents(now=time.time() + 10 * idle) == [], "resolved once"
+    later = pipe.process_batch(recs[25:])
+    assert [(a.offset, a.incident_event) for a in later.alerts] == [(25, "open")], "the key is back: a new incident"
+    # alert_messages puts an idle end (no record) before the batch's own events
+    msgs = alert_messages(inc, later.alerts, [end])
+    assert [json.loads(m.value)["type"] for m in msgs] == ["io.stream-vae.incident.resolved", "io.stream-vae.anomaly"]
+    resumed = Pipeline(inc, model)
+    resumed.restore(saved)
+    assert resumed.expire_incidents(now=t0 + idle / 2) == []
+    assert [e.incident for e in resumed.expire_incidents(now=time.time() + idle)] == ["t:0:20"]
+    old = Pipeline(inc, model)  # a state saved before the last-seen time: seen at restore
+    old.restore({**saved, "incidents": {"open": {"a": ["t:0:20", False, 5]}}})
+    assert old.expire_incidents(now=time.time() + idle / 2) == []
+    assert [e.records for e in old.expire_incidents(now=time.time() + idle)] == [5]
+    never = Pipeline(inc.model_copy(update={"alerts": inc.alerts.model_copy(update={"incident_idle_s": 0.0})}),
+                     model)
+    never.process_batch(recs[:25])
+    assert never.expire_incidents(now=time.time() + 1e9) == [], "incident_idle_s 0: never"
+
+
 def test_incident_alerts_do_not_depend_on_the_batching_or_on_other_entities() -> None:
     """IncidentTracker over interleaved entities in batches of 1, 7 or all equals incident_alerts per entity,
     and ends each incident at its entity's next unflagged record, counting its flagged records."""
