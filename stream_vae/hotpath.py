@@ -181,14 +181,23 @@ class HotLoop:
                     await self.before_batch()
                 got = await consumer.getmany(timeout_ms=w.poll_timeout_ms, max_records=w.max_batch)
                 if not got:
-                    if self.on_tick is not None:
-                        async with self.batch_lock:
-                            await self.publish(await asyncio.to_thread(self.on_tick))
+                    await self._tick()
                     continue
                 async with self.batch_lock:
                     await self._process(got)
         finally:
             await self.close()
+
+    async def _tick(self) -> None:
+        if self.on_tick is None:
+            return
+        async with self.batch_lock:
+            try:
+                messages = await asyncio.to_thread(self.on_tick)
+            except Exception as exc:  # periodic housekeeping: log it, keep consuming
+                log.error("tick_failed", error=f"{type(exc).__name__}: {exc}")
+                return
+            await self.publish(messages)
 
     async def _process(self, got: dict[TopicPartition, list[Any]]) -> None:
         assert self._consumer is not None
