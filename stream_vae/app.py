@@ -151,7 +151,7 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
                 guard = Rollbacks(registry, slot, topology)
                 loop = HotLoop(monitor, settings=settings, topology=topology, before_batch=slot.check,
                                after_batch=guard.after_batch, on_revoked=monitor.release,
-                               on_tick=monitor.tick)
+                               on_tick=monitor.tick, on_assigned=monitor.adopt)
                 guard.loop = loop
                 state.loop = loop
                 await loop.start()

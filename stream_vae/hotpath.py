@@ -78,6 +78,12 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.loop.assigned = set(assigned)
+        if self.loop.on_assigned is not None and assigned:
+            async with self.loop.batch_lock:
+                try:
+                    await asyncio.to_thread(self.loop.on_assigned, {tp.partition for tp in assigned})
+                except Exception as exc:  # never break the rebalance: those entities resume when they send
+                    log.error("partitions_adopt_failed", error=f"{type(exc).__name__}: {exc}")
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
@@ -95,6 +101,9 @@ class HotLoop:
     on_revoked
         Called (in a thread) with the input partitions a rebalance takes away, after their last batch
         was committed (``StreamMonitor.release``: checkpoint their entities for the next owner).
+    on_assigned
+        Called (in a thread, under the batch lock) with the input partitions a rebalance gives this
+        worker, before it reads them (``StreamMonitor.adopt``: take over their open incidents).
     on_tick
         Called (in a thread, under the batch lock) after a poll that brought nothing; the messages it
         returns are published (``StreamMonitor.tick``: checkpoints and idle incident ends of a quiet stream).
@@ -111,6 +120,7 @@ class HotLoop:
         group_id: str | None = None,
         on_revoked: Callable[[set[int]], object] | None = None,
         on_tick: Callable[[], Sequence[Message]] | None = None,
+        on_assigned: Callable[[set[int]], object] | None = None,
     ) -> None:
         self.processor: Processor = PlainProcessor(processor) if isinstance(processor, Pipeline) else processor
         self.settings = settings
@@ -119,6 +129,7 @@ class HotLoop:
         self.after_batch = after_batch
         self.on_revoked = on_revoked
         self.on_tick = on_tick
+        self.on_assigned = on_assigned
         self.group_id = group_id or topology.consumer_group
         self.batch_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()

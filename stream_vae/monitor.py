@@ -179,6 +179,18 @@ class StreamMonitor:
         self.checkpoint()
         return alert_messages(self.topology, [], ends)
 
+    def adopt(self, partitions: Collection[int]) -> None:
+        """A rebalance gave this worker ``partitions``: take over their entities with an open incident now
+        (the others are resumed when they next send), so quiet keys' incidents can still end as idle."""
+        pipeline = self.pipeline_of()
+        if pipeline is None:
+            return
+        states = self.entities.adopt(partitions)
+        for state in states:
+            pipeline.restore(state, merge=True)
+        if states:
+            log.info("open_incidents_adopted", stream=self.topology.name, entities=len(states))
+
     def release(self, partitions: Collection[int]) -> None:
         """A rebalance took ``partitions`` away: checkpoint their state for the next owner, forget it here."""
         pipeline = self.pipeline_of()

@@ -83,13 +83,20 @@ class EntityCheckpoints:
     :meth:`save` (every checkpoint interval, and for the partitions it loses on a rebalance,
     :meth:`release`, and at shutdown), and passes :meth:`resume` to ``Pipeline.process_batch``:
     the first time it meets an entity it reads that entity's saved state, once. A crash loses at most
-    the updates since the last save; a graceful stop or a rebalance loses none.
+    the updates since the last save; a graceful stop or a rebalance loses none. Entities with an open
+    incident are also listed per input partition (``{prefix}:{stream}:open:{partition}``), and a
+    worker given a partition reads them at once (:meth:`adopt`), so it can resolve an incident whose
+    key has gone quiet (``alerts.incident_idle_s``) without waiting for a record that may never come.
     """
 
     def __init__(self, client: Any, *, prefix: str, stream: str, ttl_s: float = 7 * 86400,
                  max_entities: int = 100_000) -> None:
         self.client = client
         self.prefix = f"{prefix}:{stream}:entity:"
+        # per input partition, a hash of the entities with an open incident (entity -> incident id): a
+        # worker that is given the partition adopts them, so a key that went quiet before a rebalance
+        # or a restart still has an owner that can resolve its incident as idle
+        self.open_prefix = f"{prefix}:{stream}:open:"
         self.ttl_s = max(1, int(ttl_s))
         self.max_entities = max_entities
         self._held: OrderedDict[str, int] = OrderedDict()  # entity -> the partition it last came from
@@ -98,10 +105,26 @@ class EntityCheckpoints:
     def resume(self, keys: Sequence[str]) -> list[dict[str, Any]]:
         """The saved state of the entities among ``keys`` that this worker has not held yet."""
         new = [k for k in dict.fromkeys(keys) if k not in self._held]
-        if not new:
-            return []
         for k in new:
             put(self._held, k, -1, self.max_entities)
+        return self._fetch(new)
+
+    def adopt(self, partitions: Collection[int]) -> list[dict[str, Any]]:
+        """The saved state of the entities with an open incident in ``partitions`` (just assigned to this
+        worker) that it does not hold yet: their incidents can then end here, even if they never send again."""
+        try:
+            found = {p: self.client.hkeys(self.open_prefix + str(p)) for p in partitions}
+        except _REDIS_DOWN as exc:
+            log.warning("open_incidents_unavailable", partitions=len(partitions), error=type(exc).__name__)
+            return []
+        new = {k.decode(): p for p, ks in found.items() for k in ks if k.decode() not in self._held}
+        for k, p in new.items():
+            put(self._held, k, p, self.max_entities)
+        return self._fetch(list(new))
+
+    def _fetch(self, new: Sequence[str]) -> list[dict[str, Any]]:
+        if not new:
+            return []
         try:
             raws = self.client.mget([self.prefix + k for k in new])
         except _REDIS_DOWN as exc:  # score on: these entities start afresh
@@ -133,8 +156,21 @@ class EntityCheckpoints:
             return 0
         states = split_entities(pipeline.snapshot(todo))
         pipe = self.client.pipeline(transaction=False)
+        opened: dict[int, dict[str, str]] = {}
+        closed: dict[int, list[str]] = {}
         for k, state in states.items():
             pipe.set(self.prefix + k, json.dumps(state, separators=(",", ":")), ex=self.ttl_s)
+            p = self._held.get(k, -1)
+            incident = state.get("incidents", {}).get("open", {}).get(k)
+            if incident is not None and p >= 0:
+                opened.setdefault(p, {})[k] = str(incident[0])
+            elif p >= 0:
+                closed.setdefault(p, []).append(k)
+        for p, table in opened.items():
+            pipe.hset(self.open_prefix + str(p), mapping=table)
+            pipe.expire(self.open_prefix + str(p), self.ttl_s)
+        for p, gone in closed.items():
+            pipe.hdel(self.open_prefix + str(p), *gone)
         try:
             pipe.execute()
         except _REDIS_DOWN as exc:  # kept dirty: written at the next save

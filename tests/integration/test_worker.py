@@ -284,3 +284,57 @@ def test_an_incident_of_a_key_that_goes_quiet_is_resolved_as_idle(
     saved = json.loads(client.get(f"{redis_prefix}:{name}:entity:host-03"))
     assert "tracker" in saved, "the entity was checkpointed"
     assert "host-03" not in saved.get("incidents", {}).get("open", {}), "... without the resolved incident"
+
+
+def test_a_quiet_keys_incident_is_resolved_by_the_worker_that_takes_over_its_partition(
+        kafka_bootstrap: str, redis_url: str, redis_prefix: str) -> None:
+    """A deploy in the middle of an incident whose host has gone quiet: worker A scores the wild
+    records and stops; worker B, fresh, never sees a record of that host, yet adopts its open incident
+    with the partition (on assignment, from Redis) and resolves it as idle."""
+    name = f"ia{uuid.uuid4().hex[:6]}"
+    topo = synth_topology(name, epochs=6, alerts={"group": "incident", "incident_idle_s": 4.0,
+                                                   "anomaly_topic": f"{name}.alerts"})
+    s = settings(kafka_bootstrap, redis_url, redis_prefix)
+    client = redis_client(s.redis)
+    registry = RedisModelRegistry(client, prefix=redis_prefix)
+    registry.register(quick_model(topo), activate=True)
+    rows: list[dict[str, object]] = list(generate(n_steps=100, t0=1200, anomaly_rate=0.0, seed=8).rows)
+    last = [r for r in rows if r["entity"] == "host-02"][-1]
+    rows += [{k: (v * 40 if isinstance(v, float) else v) for k, v in last.items()} for _ in range(2)]
+    d = _Decisions()
+
+    async def scenario() -> None:
+        from stream_vae.monitor import StreamMonitor
+
+        await ensure_topics(s.kafka, {topo.input_topic: 2})
+        await produce_rows(s.kafka, topo.input_topic, rows, key_field="entity",  # type: ignore[arg-type]
+                           on_ack=lambda i, p, o: d.where.__setitem__(i, (p, o)))
+        slot = ModelSlot(registry, topo, poll_s=0.5)
+        await slot.wait_for_model()
+        a_mon = StreamMonitor(topo, lambda: slot.pipeline, client=client, prefix=s.redis.prefix, checkpoint_s=3600)
+        a = HotLoop(a_mon, settings=s, topology=topo, after_batch=d.collect)  # no tick: A resolves nothing
+        await a.start()
+        run_a = asyncio.ensure_future(a.run())
+        await _until(lambda: len(d.seen) >= len(rows), 90)
+        a.request_stop()
+        await run_a
+        a_mon.checkpoint()  # what the worker app does when its loop ends
+        b_slot = ModelSlot(registry, topo, poll_s=0.5)
+        await b_slot.wait_for_model()
+        b_mon = StreamMonitor(topo, lambda: b_slot.pipeline, client=client, prefix=s.redis.prefix, checkpoint_s=0.3)
+        b = HotLoop(b_mon, settings=s, topology=topo, on_tick=b_mon.tick, on_assigned=b_mon.adopt)
+        await b.start()
+        run_b = asyncio.ensure_future(b.run())
+        await asyncio.sleep(7.0)  # > incident_idle_s after the wild records, nothing new to read
+        b.request_stop()
+        await run_b
+
+    asyncio.run(scenario())
+    wild = f"{topo.input_topic}:{d.where[len(rows) - 2][0]}:{d.where[len(rows) - 2][1]}"
+    assert (d.where[len(rows) - 2][0], d.where[len(rows) - 2][1], wild, "open") in d.incidents
+    events = [json.loads(m.value) for m in asyncio.run(read_all(s.kafka, topo.alerts.anomaly_topic))]
+    idle = [e["data"] for e in events
+            if e["type"] == "io.stream-vae.incident.resolved" and e["data"]["incident"]["reason"] == "idle"]
+    assert [(x["key"], x["incident"]["id"], x["incident"]["records"]) for x in idle] == [("host-02", wild, 2)]
+    open_lists = [client.hgetall(k) for k in client.scan_iter(f"{redis_prefix}:{name}:open:*")]
+    assert not any(b"host-02" in h for h in open_lists), "the resolved incident left the partition's open list"
