@@ -233,6 +233,32 @@ def test_a_worker_joining_takes_over_entities_with_their_state(
     d.check_against_one_pipeline(topo, registry, art, rows, half)
 
 
+def _quiet_host_case(name: str, host: str, *, wild: int, idle_s: float, kafka_bootstrap: str, redis_url: str,
+                     redis_prefix: str):  # type: ignore[no-untyped-def]
+    """An incident-grouped topology, its model, and a normal stream that ends with ``wild`` wild
+    records of ``host`` (an incident it never sends a record to end)."""
+    topo = synth_topology(name, epochs=6, alerts={"group": "incident", "incident_idle_s": idle_s,
+                                                   "anomaly_topic": f"{name}.alerts"})
+    s = settings(kafka_bootstrap, redis_url, redis_prefix)
+    client = redis_client(s.redis)
+    registry = RedisModelRegistry(client, prefix=redis_prefix)
+    registry.register(quick_model(topo), activate=True)
+    rows: list[dict[str, object]] = list(generate(n_steps=120, t0=1200, anomaly_rate=0.0, seed=8).rows)
+    last = [r for r in rows if r["entity"] == host][-1]
+    rows += [{k: (v * 40 if isinstance(v, float) else v) for k, v in last.items()} for _ in range(wild)]
+    return topo, s, client, registry, rows
+
+
+async def _produce_and_load(s, topo, rows, d: _Decisions, registry) -> ModelSlot:  # type: ignore[no-untyped-def]
+    """Publish ``rows`` (recording where each landed) and load the active model into a slot."""
+    await ensure_topics(s.kafka, {topo.input_topic: 2})
+    await produce_rows(s.kafka, topo.input_topic, rows, key_field="entity",
+                       on_ack=lambda i, p, o: d.where.__setitem__(i, (p, o)))
+    slot = ModelSlot(registry, topo, poll_s=0.5)
+    await slot.wait_for_model()
+    return slot
+
+
 def test_an_incident_of_a_key_that_goes_quiet_is_resolved_as_idle(
         kafka_bootstrap: str, redis_url: str, redis_prefix: str) -> None:
     """alerts.group: incident. A host sends three wild records and then nothing: its incident is open
@@ -240,25 +266,14 @@ def test_an_incident_of_a_key_that_goes_quiet_is_resolved_as_idle(
     empty) it is resolved after alerts.incident_idle_s, with reason idle and no record, and the
     entity's checkpoint no longer holds it. Incidents that end with a normal record say recovered."""
     name = f"id{uuid.uuid4().hex[:6]}"
-    topo = synth_topology(name, epochs=6, alerts={"group": "incident", "incident_idle_s": 1.0,
-                                                   "anomaly_topic": f"{name}.alerts"})
-    s = settings(kafka_bootstrap, redis_url, redis_prefix)
-    client = redis_client(s.redis)
-    registry = RedisModelRegistry(client, prefix=redis_prefix)
-    registry.register(quick_model(topo), activate=True)
-    rows: list[dict[str, object]] = list(generate(n_steps=150, t0=1200, anomaly_rate=0.0, seed=8).rows)
-    last = [r for r in rows if r["entity"] == "host-03"][-1]
-    rows += [{k: (v * 40 if isinstance(v, float) else v) for k, v in last.items()} for _ in range(3)]
+    services = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "redis_prefix": redis_prefix}
+    topo, s, client, registry, rows = _quiet_host_case(name, "host-03", wild=3, idle_s=1.0, **services)
     d = _Decisions()
 
     async def scenario() -> None:
         from stream_vae.monitor import StreamMonitor
 
-        await ensure_topics(s.kafka, {topo.input_topic: 2})
-        await produce_rows(s.kafka, topo.input_topic, rows, key_field="entity",  # type: ignore[arg-type]
-                           on_ack=lambda i, p, o: d.where.__setitem__(i, (p, o)))
-        slot = ModelSlot(registry, topo, poll_s=0.5)
-        await slot.wait_for_model()
+        slot = await _produce_and_load(s, topo, rows, d, registry)
         monitor = StreamMonitor(topo, lambda: slot.pipeline, client=client, prefix=s.redis.prefix, checkpoint_s=0.3)
         loop = HotLoop(monitor, settings=s, topology=topo, after_batch=d.collect, on_revoked=monitor.release,
                        on_tick=monitor.tick)
@@ -292,25 +307,14 @@ def test_a_quiet_keys_incident_is_resolved_by_the_worker_that_takes_over_its_par
     records and stops; worker B, fresh, never sees a record of that host, yet adopts its open incident
     with the partition (on assignment, from Redis) and resolves it as idle."""
     name = f"ia{uuid.uuid4().hex[:6]}"
-    topo = synth_topology(name, epochs=6, alerts={"group": "incident", "incident_idle_s": 4.0,
-                                                   "anomaly_topic": f"{name}.alerts"})
-    s = settings(kafka_bootstrap, redis_url, redis_prefix)
-    client = redis_client(s.redis)
-    registry = RedisModelRegistry(client, prefix=redis_prefix)
-    registry.register(quick_model(topo), activate=True)
-    rows: list[dict[str, object]] = list(generate(n_steps=100, t0=1200, anomaly_rate=0.0, seed=8).rows)
-    last = [r for r in rows if r["entity"] == "host-02"][-1]
-    rows += [{k: (v * 40 if isinstance(v, float) else v) for k, v in last.items()} for _ in range(2)]
+    services = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "redis_prefix": redis_prefix}
+    topo, s, client, registry, rows = _quiet_host_case(name, "host-02", wild=2, idle_s=4.0, **services)
     d = _Decisions()
 
     async def scenario() -> None:
         from stream_vae.monitor import StreamMonitor
 
-        await ensure_topics(s.kafka, {topo.input_topic: 2})
-        await produce_rows(s.kafka, topo.input_topic, rows, key_field="entity",  # type: ignore[arg-type]
-                           on_ack=lambda i, p, o: d.where.__setitem__(i, (p, o)))
-        slot = ModelSlot(registry, topo, poll_s=0.5)
-        await slot.wait_for_model()
+        slot = await _produce_and_load(s, topo, rows, d, registry)
         a_mon = StreamMonitor(topo, lambda: slot.pipeline, client=client, prefix=s.redis.prefix, checkpoint_s=3600)
         a = HotLoop(a_mon, settings=s, topology=topo, after_batch=d.collect)  # no tick: A resolves nothing
         await a.start()
