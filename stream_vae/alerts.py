@@ -57,7 +57,7 @@ class AlertBuilder:
         k = min(spec.top_features, len(self._names))
         out: list[Alert] = []
         for i in np.flatnonzero(flagged).tolist():
-            contrib = result.contributions[i]
+            contrib = result.attributions[i]
             top = np.argsort(-contrib)[:k]
             total = float(np.abs(contrib).sum()) or 1.0
             feats = []

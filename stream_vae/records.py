@@ -52,7 +52,10 @@ class ScoreResult:
 
     score: FloatArray  # [N] reconstruction negative log-likelihood
     kl: FloatArray  # [N] KL(q(z|x) || p(z))
-    contributions: FloatArray  # [N, D] per-feature share of the NLL
+    contributions: FloatArray  # [N, D] per-feature share of the NLL (summed over the window's records)
+    # [N, D] per feature, its largest share of the NLL at any one record of the window: the features
+    # an alert names (top_features)
+    attributions: FloatArray
     latent_mu: FloatArray  # [N, L]
     latent_logvar: FloatArray  # [N, L]
     model_version: str

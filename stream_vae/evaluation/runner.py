@@ -278,7 +278,7 @@ def run_pipeline(train: FloatArray, test: FloatArray, settings: EvalSettings, *,
             raise RuntimeError(f"pipeline rejected a test record of '{key}': {reason}")
         hi = lo + len(out.scored)
         score[lo:hi] = out.result.score
-        contrib[lo:hi] = out.result.contributions
+        contrib[lo:hi] = out.result.attributions  # what the alerts name: HitRate scores it
         flagged[lo:hi] = out.is_anomaly
         beyond[lo:hi] = out.beyond_range
         thr[lo:hi] = out.thresholds

@@ -53,6 +53,25 @@ def test_contributions_point_at_the_changed_feature() -> None:
     assert np.all(res.contributions >= 0)
 
 
+def test_attributions_are_each_features_peak_over_the_window() -> None:
+    """contributions sum each feature's squared standardised residual over the window's records (the
+    score's terms); attributions, what an alert names, take its largest term; with one record per
+    window the two are the same."""
+    m = quick_model(synth_topology(epochs=3, window=3), steps=300)
+    x = np.random.default_rng(0).normal(size=(25, 3 * 8))
+    res = m.scorer().score_many(x)
+    vae = m.vae
+    with torch.no_grad():
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        z2 = (0.5 * (xt - vae.decode(vae.encode(xt)[0])) ** 2 * torch.exp(-vae.out_log_variance())).numpy()
+    by_record = z2.reshape(25, 3, 8)
+    np.testing.assert_allclose(res.contributions, by_record.sum(1), rtol=1e-5)
+    np.testing.assert_allclose(res.attributions, by_record.max(1), rtol=1e-5)
+    assert not np.allclose(res.attributions, res.contributions)
+    one = quick_model(synth_topology(epochs=3), steps=300).scorer().score_many(x[:, :8])
+    np.testing.assert_array_equal(one.attributions, one.contributions)
+
+
 def test_training_rejects_bad_data() -> None:
     """Wrong shapes, too few rows and NaNs fail with a message that says what to fix."""
     topo = synth_topology()
@@ -164,6 +183,7 @@ def test_ensemble_scores_the_mean_of_its_members_and_member_0_is_the_single_mode
     parts = [VAEScorer(v, n_features=X.shape[1], model_version="m").score_many(X) for v in ens.vae.vaes()]
     np.testing.assert_allclose(res.score, np.mean([p.score for p in parts], axis=0), rtol=1e-5)
     np.testing.assert_allclose(res.contributions, np.mean([p.contributions for p in parts], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(res.attributions, np.mean([p.attributions for p in parts], axis=0), rtol=1e-5)
     np.testing.assert_array_equal(res.latent_mu, parts[0].latent_mu)
     assert not np.allclose(parts[0].score, parts[1].score)  # the members differ (seeds)
 
