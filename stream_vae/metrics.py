@@ -12,6 +12,9 @@ ALERTS = Counter("stream_vae_alerts_total", "Anomaly alerts published", ["stream
 ALERTS_SUPPRESSED = Counter(
     "stream_vae_alerts_suppressed_total", "Anomaly alerts held back by cool-down or during a drift episode", ["stream"]
 )
+INCIDENTS_RESOLVED = Counter(
+    "stream_vae_incidents_resolved_total", "Incident ends published (alerts.group: incident)", ["stream", "reason"]
+)
 DRIFT_ALERTS = Counter("stream_vae_drift_alerts_total", "Drift alerts published", ["stream", "test"])
 BATCH_LATENCY = Histogram(
     "stream_vae_batch_seconds",

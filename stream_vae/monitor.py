@@ -176,6 +176,7 @@ class StreamMonitor:
         self.entities.changed(e.key for e in ends)
         for e in ends:
             log.info("incident_resolved_idle", stream=self.topology.name, key=e.key, incident=e.incident)
+            metrics.INCIDENTS_RESOLVED.labels(self.topology.name, e.reason).inc()
         self.checkpoint()
         return alert_messages(self.topology, [], ends)
 
@@ -244,6 +245,8 @@ class StreamMonitor:
                 self.baseline_rate = (1 - w) * self.baseline_rate + w * (k / n)
             verdict = self.guard.update(n, k)
         msgs += alert_messages(topo, alerts, out.resolved)
+        for end in out.resolved:
+            metrics.INCIDENTS_RESOLVED.labels(topo.name, end.reason).inc()
         msgs += [dlq_message(r, topo) for r in out.rejections]
         if topo.alerts.audit_topic and (out.scored or out.rejections):
             flagged = [out.scored[i] for i in np.flatnonzero(out.is_anomaly)]

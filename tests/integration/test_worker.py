@@ -295,6 +295,11 @@ def test_an_incident_of_a_key_that_goes_quiet_is_resolved_as_idle(
     assert [(x["key"], x["incident"]["id"], x["incident"]["records"], x["record"]) for x in idle] == [
         ("host-03", wild, 3, None)]
     assert all(x["record"] is not None for x in ends if x["incident"]["reason"] == "recovered")
+    from stream_vae import metrics
+
+    assert metrics.INCIDENTS_RESOLVED.labels(name, "idle")._value.get() == 1
+    recovered = sum(x["incident"]["reason"] == "recovered" for x in ends)
+    assert metrics.INCIDENTS_RESOLVED.labels(name, "recovered")._value.get() == recovered
     assert {x["incident"]["reason"] for x in ends} <= {"idle", "recovered"}
     saved = json.loads(client.get(f"{redis_prefix}:{name}:entity:host-03"))
     assert "tracker" in saved, "the entity was checkpointed"
