@@ -60,6 +60,16 @@ class LoopStats:
     first_batch_at: float = 0.0  # perf_counter when the first non-empty batch arrived
 
 
+async def _housekeeping(fn: Callable[..., Any], *args: Any, failed: str) -> Any:
+    """Run a housekeeping callback (state hand-over, checkpoint) in a thread; a failure is logged as
+    ``failed`` and returns None, never raised: it must not break a rebalance or stop the consumer."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except Exception as exc:
+        log.error(failed, error=f"{type(exc).__name__}: {exc}")
+        return None
+
+
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: HotLoop) -> None:
         self.loop = loop
@@ -69,21 +79,17 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.loop.batch_lock:
             if self.loop.on_revoked is not None and revoked:
                 # hand the partitions' entity state to their next owner before it starts reading them;
-                # under the lock, so no batch runs meanwhile
-                try:
-                    await asyncio.to_thread(self.loop.on_revoked, {tp.partition for tp in revoked})
-                except Exception as exc:  # never break the rebalance: the next owner starts those entities afresh
-                    log.error("partitions_release_failed", error=f"{type(exc).__name__}: {exc}")
+                # under the lock, so no batch runs meanwhile (if it fails, the next owner starts afresh)
+                await _housekeeping(self.loop.on_revoked, {tp.partition for tp in revoked},
+                                    failed="partitions_release_failed")
         log.info("partitions_revoked", partitions=[f"{tp.topic}:{tp.partition}" for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.loop.assigned = set(assigned)
         if self.loop.on_assigned is not None and assigned:
-            async with self.loop.batch_lock:
-                try:
-                    await asyncio.to_thread(self.loop.on_assigned, {tp.partition for tp in assigned})
-                except Exception as exc:  # never break the rebalance: those entities resume when they send
-                    log.error("partitions_adopt_failed", error=f"{type(exc).__name__}: {exc}")
+            async with self.loop.batch_lock:  # if it fails, those entities resume when they send
+                await _housekeeping(self.loop.on_assigned, {tp.partition for tp in assigned},
+                                    failed="partitions_adopt_failed")
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
@@ -203,12 +209,9 @@ class HotLoop:
         if self.on_tick is None:
             return
         async with self.batch_lock:
-            try:
-                messages = await asyncio.to_thread(self.on_tick)
-            except Exception as exc:  # periodic housekeeping: log it, keep consuming
-                log.error("tick_failed", error=f"{type(exc).__name__}: {exc}")
-                return
-            await self.publish(messages)
+            messages = await _housekeeping(self.on_tick, failed="tick_failed")
+            if messages:
+                await self.publish(messages)
 
     async def _process(self, got: dict[TopicPartition, list[Any]]) -> None:
         assert self._consumer is not None

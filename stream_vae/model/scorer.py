@@ -61,14 +61,11 @@ class VAEScorer:
             per_features.append(per_feature)
             if i == 0:  # the drift monitor follows the first member's latent space
                 mu, logvar = mu_i, logvar_i
-        score = scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
-        contrib = per_features[0] if len(per_features) == 1 else torch.stack(per_features).mean(0)
-        peak = peaks[0] if len(peaks) == 1 else torch.stack(peaks).mean(0)
         return ScoreResult(
-            score=score.double().numpy(),
+            score=_mean(scores),
             kl=VAE.kl(mu, logvar).double().numpy(),
-            contributions=contrib.double().numpy(),
-            attributions=peak.double().numpy(),
+            contributions=_mean(per_features),
+            attributions=_mean(peaks),
             latent_mu=mu.double().numpy(),
             latent_logvar=logvar.double().numpy(),
             model_version=self.model_version,
@@ -76,3 +73,9 @@ class VAEScorer:
 
     def score_one(self, x: FloatArray) -> float:
         return float(self.score_many(np.atleast_2d(x)).score[0])
+
+
+def _mean(per_member: list[torch.Tensor]) -> FloatArray:
+    """The ensemble's value: the members' mean (one member: its own, unchanged)."""
+    out = per_member[0] if len(per_member) == 1 else torch.stack(per_member).mean(0)
+    return out.double().numpy()  # type: ignore[no-any-return]
