@@ -23,7 +23,7 @@ from stream_vae.hygiene import AlertGate
 from stream_vae.lifecycle import DriftPolicy, GuardVerdict, RedisEpisodeStore, SwapGuard
 from stream_vae.model.registry import LoadedModel
 from stream_vae.records import Alert, BatchOutcome, IncidentEnd, RawRecord, Rejection, envelope
-from stream_vae.reservoir import Reservoir
+from stream_vae.reservoir import Reservoir, sampled_entity
 from stream_vae.state import EntityCheckpoints, load_snapshot
 from stream_vae.topology import Topology
 
@@ -260,21 +260,25 @@ class StreamMonitor:
         return Emission(out, msgs, alerts, suppressed, signals, verdict)
 
     def _keep_recent(self, out: BatchOutcome, *, drifting: bool) -> None:
-        """Reservoir: keep records the model did not flag. During a drift episode the model flags the
-        new regime itself, so keep everything except outliers of the batch's own score distribution."""
+        """Reservoir: every record of the sampled entities, marked normal where the model did not flag it.
+        During a drift episode the model flags the new regime itself, so all but the outliers of the
+        batch's own score distribution count as normal."""
         if out.batch is None or out.result is None:
             return
-        every = self.topology.retrain.sample_every
         if drifting:
             s = out.result.score
             med = float(np.median(s))
             mad = float(np.median(np.abs(s - med))) or 1e-9
-            keep = s <= med + 6 * 1.4826 * mad
+            normal = s <= med + 6 * 1.4826 * mad
         else:
-            keep = ~out.is_anomaly
-        idx = np.flatnonzero(keep)
-        if every > 1:
-            idx = idx[(idx + self._seen) % every == 0]
+            normal = ~out.is_anomaly
+        every, keys = self.topology.retrain.sample_every, out.batch.keys
+        if every == 1:
+            idx = np.arange(len(keys))
+        elif self.topology.consecutive:  # windows and seasonal differences need each entity's records unbroken
+            idx = np.flatnonzero([sampled_entity(k, every) for k in keys])
+        else:
+            idx = np.flatnonzero((np.arange(len(keys)) + self._seen) % every == 0)
         self._seen += len(out.scored)
         ts = [out.scored[i].timestamp_ms or int(time.time() * 1000) for i in idx]
-        self.reservoir.add(out.batch.X[idx], [out.batch.keys[i] for i in idx], ts)
+        self.reservoir.add(out.batch.X[idx], [keys[i] for i in idx], ts, normal[idx])

@@ -165,7 +165,10 @@ class RetrainSpec(_Strict):
     """Reservoir of recent records in Redis and the gates a candidate model must pass."""
 
     buffer_size: int = Field(default=20_000, ge=100, description="recent records kept in Redis for retraining")
-    sample_every: int = Field(default=1, ge=1, description="keep every n-th scored record in the reservoir")
+    sample_every: int = Field(
+        default=1, ge=1, description="keep 1 in n in the reservoir: records, or entities (by a hash of the key) when "
+        "the model reads consecutive records (window > 1 or seasonal_period), so their windows stay unbroken"
+    )
     min_records: int = Field(default=3000, ge=100, description="post-drift records needed before training")
     holdout_fraction: float = Field(default=0.25, gt=0, lt=0.9, description="newest share kept for validation")
     max_alert_rate_factor: float = Field(
@@ -280,6 +283,11 @@ class Topology(_Strict):
     def member_windows(self) -> tuple[int, ...]:
         """Records each ensemble member sees (the last ones of the entity's window)."""
         return self.model.member_windows or (self.window,) * self.model.ensemble
+
+    @property
+    def consecutive(self) -> bool:
+        """Whether the model reads consecutive records of an entity (a window, or seasonal differences)."""
+        return self.window > 1 or self.model.seasonal_period != 0
 
     @property
     def consumer_group(self) -> str:

@@ -27,7 +27,7 @@ from stream_vae.model.registry import LoadedModel, RedisModelRegistry, load_arti
 from stream_vae.model.train import TrainedModel, train_model
 from stream_vae.pipeline import Pipeline
 from stream_vae.records import BatchOutcome, FloatArray, RawRecord
-from stream_vae.reservoir import Reservoir
+from stream_vae.reservoir import Recent, Reservoir
 from stream_vae.topology import Topology
 
 log = structlog.get_logger("stream_vae.trainer")
@@ -57,12 +57,14 @@ def replay(topology: Topology, model: LoadedModel, X: FloatArray, keys: list[str
     return Pipeline(topology, model).process_batch(records)
 
 
-def evaluate(topology: Topology, model: LoadedModel, X: FloatArray, keys: list[str]) -> Validation:
-    """Replay rows; the flag rate, and the log-likelihood corrected to raw units so that models with
-    different scalers compare."""
-    out = replay(topology, model, X, keys)
-    if out.result is None:
+def evaluate(topology: Topology, model: LoadedModel, recent: Recent) -> Validation:
+    """Replay recent records; over the normal ones, the flag rate and the log-likelihood corrected to
+    raw units so that models with different scalers compare. (The others are replayed for the
+    windows and differences of their neighbours.)"""
+    out = replay(topology, model, recent.X, recent.keys)
+    if out.result is None or not recent.normal.any():
         raise ValueError("no valid record to validate on")
+    normal = recent.normal
     log_std = np.log(np.asarray(model.scaler.to_dict()["std"]))
     # Gaussian NLL of the model input = data term (the contributions) + 0.5 * sum(log 2 pi + log var),
     # plus the log-Jacobian of the scaling: the density of the raw values. The contributions are the
@@ -73,8 +75,8 @@ def evaluate(topology: Topology, model: LoadedModel, X: FloatArray, keys: list[s
         records = vae.n_in // len(log_std)
         consts.append(0.5 * float(np.sum(np.log(2 * np.pi) + lv)) + records * float(log_std.sum()))
     const = float(np.mean(consts))
-    nll_raw = float(out.result.contributions.sum(axis=1).mean()) + const
-    return Validation(float(out.is_anomaly.mean()), nll_raw)
+    nll_raw = float(out.result.contributions[normal].sum(axis=1).mean()) + const
+    return Validation(float(out.is_anomaly[normal].mean()), nll_raw)
 
 
 class TrainingAborted(Exception):  # noqa: N818 - it is an outcome, not an error
@@ -141,10 +143,10 @@ class Trainer:
         return topo.control.model_topic, model_event(topo.name, version="", digest="", action="refuse",
                                                      previous=active, reason=reason)
 
-    def _recent(self, topo: Topology, since_ms: int | None, need: int) -> tuple[FloatArray, list[str]] | None:
-        """The reservoir's records from ``since_ms`` on, if there are at least ``need`` (callers wait first)."""
-        X, keys, _ = self.reservoir(topo).read(since_ms=since_ms)
-        return (X, keys) if len(X) >= need else None
+    def _recent(self, topo: Topology, since_ms: int | None, need: int) -> Recent | None:
+        """The reservoir's records from ``since_ms`` on, if ``need`` of them are normal (callers wait first)."""
+        recent = self.reservoir(topo).read(since_ms=since_ms)
+        return recent if recent.normal.sum() >= need else None
 
     def _check_stop(self, *_: float) -> None:
         if self.stopping.is_set():
@@ -162,15 +164,14 @@ class Trainer:
         got = self._recent(topo, data.get("since_ms"), need)
         if got is None:
             return [self._refuse(topo, f"fewer than {need} recent records arrived in time", active.version)]
-        X, keys = got
-        out = replay(topo, active, X, keys)
+        out = replay(topo, active, got.X, got.keys)
         assert out.result is not None
-        scores = out.result.score  # smoothed per entity, as the pipeline thresholds them
+        scores = out.result.score[got.normal]  # smoothed per entity, as the pipeline thresholds them
         cal = Calibrator.from_spec(topo.calibration).infer_threshold(scores)
         model = TrainedModel(topo, active.scorer.vae, active.scaler, cal,
                              {**active.reference, "score_mean": float(scores.mean()), "score_std": float(scores.std())},
-                             n_train=len(X))
-        return [self._register(topo, model, active, {"kind": "threshold", "records": len(X)})]
+                             n_train=len(scores))
+        return [self._register(topo, model, active, {"kind": "threshold", "records": len(scores)})]
 
     def _retrain(self, topo: Topology, data: dict[str, Any]) -> list[tuple[str, bytes]]:
         spec = topo.retrain
@@ -179,17 +180,16 @@ class Trainer:
         if got is None:
             return [self._refuse(topo, f"fewer than {spec.min_records} post-drift records arrived within "
                                        f"{spec.wait_timeout_s:.0f}s", active.version)]
-        X, keys = got
-        n_hold = max(50, int(len(X) * spec.holdout_fraction))
-        cand_t = train_model(X[:-n_hold], topo, entities=keys[:-n_hold], max_seconds=spec.max_train_seconds,
+        n_hold = max(50, int(len(got) * spec.holdout_fraction))
+        fit, hold = got[:-n_hold], got[-n_hold:]
+        cand_t = train_model(fit.X, topo, entities=fit.keys, normal=fit.normal, max_seconds=spec.max_train_seconds,
                              progress=self._check_stop)
         cand = load_artifact(to_artifact(cand_t, "candidate"), topology=topo)
-        hx, hk = X[-n_hold:], keys[-n_hold:]
-        v_new, v_old = evaluate(topo, cand, hx, hk), evaluate(topo, active, hx, hk)
+        v_new, v_old = evaluate(topo, cand, hold), evaluate(topo, active, hold)
         # models that see different inputs (a seasonal period added, dropped or changed) have likelihoods
         # of different things: only the flag-rate gate, and the live swap guard, can judge between them
         comparable = cand.seasonal_period == active.seasonal_period
-        evidence = {"kind": "retrain", "records": len(X), "holdout": n_hold,
+        evidence = {"kind": "retrain", "records": len(got), "normal": int(got.normal.sum()), "holdout": n_hold,
                     "candidate": v_new.as_dict(), "active": v_old.as_dict(), "nll_compared": comparable}
         baseline = float(data.get("baseline_alert_rate") or 0.0)
         limit = max(spec.max_alert_rate_factor * topo.calibration.fpr, spec.baseline_factor * baseline)

@@ -44,30 +44,30 @@ class TrainedModel:
         return VAEScorer(self.vae, n_features=len(self.topology.features), model_version=version)
 
 
-def _windows_per_entity(X: FloatArray, entities: Sequence[str] | None, window: int) -> FloatArray:
-    return _windows_and_keys(X, entities, window)[0]
-
-
-def _windows_and_keys(X: FloatArray, entities: Sequence[str] | None, window: int) -> tuple[FloatArray, list[str]]:
-    """Windows that never cross entities (grouped by entity, in order of first appearance), with their keys."""
+def _windows_and_keys(
+    X: FloatArray, entities: Sequence[str] | None, window: int
+) -> tuple[FloatArray, list[str], np.ndarray[Any, np.dtype[np.intp]]]:
+    """Windows that never cross entities (grouped by entity, in order of first appearance), with their
+    keys and, for each window, the row of ``X`` it ends at."""
     if entities is None:
-        return make_windows(X, window), [""] * len(X)
+        return make_windows(X, window), [""] * len(X), np.arange(len(X))
     ent = np.asarray(entities)
     order = list(dict.fromkeys(entities))
     if window == 1 or len(order) == 1:  # arrival order kept: the validation tail is the most recent rows
-        return make_windows(X, window), [str(e) for e in entities]
-    parts = [make_windows(X[ent == e], window) for e in order]
-    keys = [str(e) for e in order for _ in range(int(np.count_nonzero(ent == e)))]
-    return np.concatenate(parts, axis=0), keys
+        return make_windows(X, window), [str(e) for e in entities], np.arange(len(X))
+    rows = [np.flatnonzero(ent == e) for e in order]
+    keys = [str(e) for e, r in zip(order, rows, strict=True) for _ in range(len(r))]
+    return np.concatenate([make_windows(X[r], window) for r in rows], axis=0), keys, np.concatenate(rows)
 
 
 def _seasonal(
     X: FloatArray, entities: Sequence[str] | None, topology: Topology
-) -> tuple[FloatArray, Sequence[str] | None, int]:
+) -> tuple[FloatArray, Sequence[str] | None, int, np.ndarray[Any, np.dtype[np.bool_]]]:
     """Append each entity's seasonal differences (``ModelSpec.seasonal_period``, 'auto' resolved here).
 
     Each entity's first period of rows has no lagged value and is left out; the rest keep their
-    arrival order. Returns the rows, their entities and the period (0: the rows unchanged).
+    arrival order. Returns the rows, their entities, the period (0: the rows unchanged) and which
+    rows of ``X`` were kept.
     """
     spec = topology.model
     groups = list(entity_groups(entities).values()) if entities is not None else [np.arange(len(X))]
@@ -76,10 +76,10 @@ def _seasonal(
                                min_correlation=spec.seasonal_min_correlation)
     else:
         period = spec.seasonal_period
-    if period == 0:
-        return X, entities, 0
-    diff = np.zeros_like(X, dtype=np.float64)
     keep = np.ones(len(X), dtype=bool)
+    if period == 0:
+        return X, entities, 0, keep
+    diff = np.zeros_like(X, dtype=np.float64)
     for g in groups:
         diff[g] = seasonal_differences(X[g], period)[:, X.shape[1]:]
         keep[g[:period]] = False
@@ -89,7 +89,7 @@ def _seasonal(
             "lagged value); need at least 100: give more history or a shorter period"
         )
     kept = None if entities is None else [str(e) for e, k in zip(entities, keep, strict=True) if k]
-    return np.hstack([X, diff])[keep], kept, period
+    return np.hstack([X, diff])[keep], kept, period, keep
 
 
 def _fit(
@@ -144,6 +144,7 @@ def train_model(
     entities: Sequence[str] | None = None,
     progress: Progress | None = None,
     max_seconds: float | None = None,
+    normal: Sequence[bool] | np.ndarray[Any, np.dtype[np.bool_]] | None = None,
 ) -> TrainedModel:
     """Train and calibrate a VAE on rows of (presumed normal) raw feature values.
 
@@ -156,6 +157,10 @@ def train_model(
     max_seconds
         Stop training early after this long (the best epoch so far is kept); an ensemble gives each
         member an equal share and keeps the members that finished in time.
+    normal
+        Which rows to learn from (default: all). The others, records the serving model flagged, are
+        context only: the windows and seasonal differences of their neighbours read them, as the
+        pipeline did when it scored those neighbours (the reservoir keeps both kinds).
     """
     spec = topology.model
     if X.ndim != 2 or X.shape[1] != len(topology.features):
@@ -166,14 +171,18 @@ def train_model(
         raise ConfigError(f"need at least 100 training rows, got {len(X)}")
     if not np.all(np.isfinite(X)):
         raise ConfigError("training data contains NaN or infinite values; clean or impute them first")
-    n_train = len(X)
-    X, entities, period = _seasonal(X, entities, topology)
-    scaler = Scaler(center_windows=spec.center_windows).fit(X)
+    n_train = len(X) if normal is None else int(np.count_nonzero(normal))
+    X, entities, period, kept = _seasonal(X, entities, topology)
+    use = np.ones(len(X), dtype=bool) if normal is None else np.asarray(normal, dtype=bool)[kept]
+    if use.sum() < 100:
+        raise ConfigError(f"need at least 100 normal training rows, got {int(use.sum())}")
+    scaler = Scaler(center_windows=spec.center_windows).fit(X[use])
     # Window first, then scale: exactly what the pipeline does (Windower, then Scaler.transform of
     # the windowed row), so a per-window step such as center_windows is the same in training and
     # serving. (Training once scaled single records, so centring never reached training.)
-    W64, keys = _windows_and_keys(X, entities, topology.window)
-    W64 = scaler.transform(W64)
+    W64, keys, ends = _windows_and_keys(X, entities, topology.window)
+    rows = use[ends]  # the windows that end at a normal record
+    W64, keys = scaler.transform(W64[rows]), [k for k, r in zip(keys, rows, strict=True) if r]
     W = W64.astype(np.float32)
     # Hold out the most recent rows for early stopping and calibration: later data is what the
     # model will meet next, so it gives the more honest threshold.
@@ -213,7 +222,7 @@ def train_model(
     val_scores = ScoreSmoother(cs.smoothing).transform(val_res.score, keys[-n_val:])
     cal.infer_threshold(val_scores)
     if cs.range_tolerance > 0:
-        cal.set_range(X)
+        cal.set_range(X[use])
     reference = {
         # The latent and score distribution of held-out normal data: the drift monitor's reference.
         "latent_mu_mean": val_res.latent_mu.mean(0).tolist(),

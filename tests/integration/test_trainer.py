@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stream_vae.model.registry import RedisModelRegistry
+from stream_vae.model.train import train_model
 from stream_vae.reservoir import Reservoir
 from stream_vae.state import redis_client
 from stream_vae.synth import generate
@@ -39,13 +40,15 @@ def _event(res: Trainer, data: dict[str, object]) -> dict[str, object]:
 def test_reservoir_round_trip_since_and_cap(setup) -> None:  # type: ignore[no-untyped-def]
     """Records come back in arrival order with their keys, filtered by time and capped in size."""
     _, _, res, _ = setup
-    X = np.arange(16.0).reshape(2, 8)
-    res.add(X, ["a", "b"], [1000, 2000])
-    Xb, keys, ts = res.read()
-    np.testing.assert_allclose(Xb, X)
-    assert keys == ["a", "b"] and ts.tolist() == [1000, 2000]
-    assert res.count_since(1500) == 1
-    res.add(np.zeros((6000, 8)), ["z"] * 6000, [3000] * 6000)
+    X = np.arange(24.0).reshape(3, 8)
+    res.add(X, ["a", "b", "a"], [1000, 2000, 2500], [True, True, False])
+    got = res.read()
+    np.testing.assert_allclose(got.X, X)
+    assert got.keys == ["a", "b", "a"] and got.ts_ms.tolist() == [1000, 2000, 2500]
+    assert got.normal.tolist() == [True, True, False]
+    assert res.count_since(1500) == 1, "only normal records count towards a retrain"
+    assert res.read(since_ms=1500).keys == ["b", "a"]
+    res.add(np.zeros((6000, 8)), ["z"] * 6000, [3000] * 6000, [True] * 6000)
     assert len(res) == 5000
 
 
@@ -55,7 +58,7 @@ def test_threshold_recalibration_keeps_weights_moves_threshold(setup) -> None:  
     before = registry.load("tr", "v1")
     s = generate(n_steps=500, t0=1000, seed=3, drift_at=1000)  # shifted regime: scores rise
     now = int(time.time() * 1000)
-    res.add(s.X, s.entities, [now] * len(s.X))
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
     ev = _event(trainer, {"stream": "tr", "kind": "threshold", "since_ms": now, "episode": "e-thr"})
     assert ev["action"] == "activate" and ev["previous"] == "v1"
     after = registry.load("tr", str(ev["version"]))
@@ -68,7 +71,7 @@ def test_refuses_without_enough_post_drift_records(setup) -> None:  # type: igno
     """A retrain with too few records after the drift is refused with the reason, nothing activated."""
     _, registry, res, trainer = setup
     s = generate(n_steps=50, t0=1000, seed=4)
-    res.add(s.X, s.entities, [int(time.time() * 1000)] * len(s.X))
+    res.add(s.X, s.entities, [int(time.time() * 1000)] * len(s.X), [True] * len(s.X))
     assert not trainer.has_records({"stream": "tr", "kind": "retrain", "since_ms": 0})
     ev = _event(trainer, {"stream": "tr", "kind": "retrain", "since_ms": 0, "episode": "e-few"})
     assert ev["action"] == "refuse" and "fewer than 2000" in str(ev["reason"])
@@ -80,7 +83,7 @@ def test_retrain_on_post_drift_records_is_activated_and_duplicates_ignored(setup
     _, registry, res, trainer = setup
     s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
     now = int(time.time() * 1000)
-    res.add(s.X, s.entities, [now] * len(s.X))
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
     data = {"stream": "tr", "kind": "retrain", "since_ms": now, "episode": "e-ok", "baseline_alert_rate": 0.01}
     assert trainer.has_records(data)
     ev = _event(trainer, data)
@@ -107,8 +110,51 @@ def test_a_candidate_with_another_seasonal_period_is_not_judged_by_a_likelihood_
     trainer = Trainer({"tr": seasonal}, registry=registry, poll_s=0.1)
     s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
     now = int(time.time() * 1000)
-    res.add(s.X, s.entities, [now] * len(s.X))
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
     ev = _event(trainer, {"stream": "tr", "kind": "retrain", "since_ms": now, "episode": "e-p",
                           "baseline_alert_rate": 0.01})
     assert ev["action"] == "activate", ev
     assert registry.load("tr", str(ev["version"])).seasonal_period == 24
+
+
+@pytest.mark.parametrize("window", [2, 1])
+def test_the_reservoir_keeps_sampled_entities_whole_and_marks_what_the_model_flagged(
+        redis_url: str, redis_prefix: str, window: int) -> None:
+    """With ``retrain.sample_every: 3`` and a window of 2 records, the worker keeps every record of one
+    entity in three (the same ones on any worker), flagged ones included and marked, so a retrain
+    windows them as the pipeline did. (It kept every third record, flagged ones left out: each
+    window a retrain built joined records that were never neighbours.) With a window of 1 it still
+    keeps every third record: one record is all the model reads."""
+    from stream_vae.monitor import StreamMonitor
+    from stream_vae.pipeline import Pipeline
+    from stream_vae.reservoir import sampled_entity
+    from stream_vae.testing import iid_stream, iid_topology, keyed_records, loaded
+
+    base = iid_topology()
+    topo = base.model_copy(update={"name": f"res{window}", "window": window,
+                                   "retrain": base.retrain.model_copy(update={"sample_every": 3})})
+    pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+    hosts = [f"host-{i}" for i in range(12)]
+    X = iid_stream(1200, 1)
+    X[::37] += 40.0  # wild records: the model flags them
+    keys = [hosts[i % len(hosts)] for i in range(len(X))]
+    flagged = []
+    for lo in range(0, len(X), 100):
+        flagged.append(monitor.process(keyed_records(X[lo : lo + 100], keys[lo : lo + 100])).outcome.is_anomaly)
+    flags = np.concatenate(flagged)
+    assert flags.sum() >= len(X) // 37 - 1
+    got = monitor.reservoir.read()
+    if window == 1:
+        np.testing.assert_allclose(got.X, X[::3], rtol=1e-6)
+        assert got.normal.tolist() == (~flags[::3]).tolist()
+        return
+    kept = [h for h in hosts if sampled_entity(h, 3)]
+    assert 0 < len(kept) < len(hosts) and sorted(set(got.keys)) == sorted(kept)
+    for h in kept:
+        mine = np.flatnonzero(np.asarray(keys) == h)
+        theirs = np.flatnonzero(np.asarray(got.keys) == h)
+        np.testing.assert_allclose(got.X[theirs], X[mine], rtol=1e-6)  # every record, in order
+        assert got.normal[theirs].tolist() == (~flags[mine]).tolist()
+    assert not got.normal.all(), "some kept records were flagged, and are marked"
