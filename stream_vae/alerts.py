@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -133,6 +133,11 @@ class IncidentTracker:
     that opened it (``topic:partition:offset``), stable across replays, and the entity's next
     record that is not flagged ends it (:attr:`Selection.ends`), or :meth:`expire` when the entity
     stops sending. Bounded to ``max_entities`` (least recently seen forgotten); snapshot/restorable.
+
+    An incident is *announced* once one of its alerts got past the worker's alert gate
+    (:meth:`announce`); each end says whether it was, so the worker publishes the resolve of an
+    incident a consumer heard of and drops the resolve of one it never did (the cool-down or a
+    drift episode held back every alert of it).
     """
 
     state_keys = ("open",)
@@ -141,7 +146,7 @@ class IncidentTracker:
         self.group = group
         self.max_entities = max_entities
         # key -> [incident id or None, in a range run, flagged records so far in the incident,
-        #         wall-clock time of the key's last record]
+        #         wall-clock time of the key's last record, announced]
         self._open: OrderedDict[str, list[Any]] = OrderedDict()
 
     def select(
@@ -152,39 +157,46 @@ class IncidentTracker:
         now = time.time() if now is None else now
         n = len(flagged)
         ids: list[str | None] = [None] * n
-        ends: list[tuple[int, str, int]] = []
+        ends: list[tuple[int, str, int, bool]] = []
         if self.group == "record":
             return Selection(np.asarray(flagged, dtype=bool), ids, ends)
         alert = np.zeros(n, dtype=bool)
         for key, idx in entity_groups(batch.keys).items():
-            state = lru_slot(self._open, key, lambda: [None, False, 0, now], self.max_entities)
+            state = lru_slot(self._open, key, lambda: [None, False, 0, now, False], self.max_entities)
             f, b = flagged[idx], beyond[idx] & flagged[idx]
             alert[idx] = incident_alerts(f, b, in_run=state[0] is not None, in_range_run=bool(state[1]))
-            current, count = state[0], state[2]
+            current, count, announced = state[0], state[2], bool(state[4])
             for j, i in enumerate(idx.tolist()):
                 if not f[j]:
                     if current is not None:
-                        ends.append((i, current, count))
-                    current, count = None, 0
+                        ends.append((i, current, count, announced))
+                    current, count, announced = None, 0, False
                     continue
                 if current is None:
                     current = _record_id(batch, i)
                 count += 1
                 ids[i] = current
-            state[:] = [current, bool(b[-1]) if current is not None else False, count, now]
+            state[:] = [current, bool(b[-1]) if current is not None else False, count, now, announced]
         return Selection(alert, ids, sorted(ends))
 
-    def expire(self, idle_s: float, *, now: float | None = None) -> list[tuple[str, str, int]]:
+    def announce(self, incidents: Mapping[str, str]) -> None:
+        """``{key: incident id}`` of alerts the worker published: those incidents, if still open, are announced."""
+        for key, incident in incidents.items():
+            state = self._open.get(key)
+            if state is not None and state[0] == incident:
+                state[4] = True
+
+    def expire(self, idle_s: float, *, now: float | None = None) -> list[tuple[str, str, int, bool]]:
         """End the open incidents of keys that sent nothing for ``idle_s`` seconds (0: never):
-        ``(key, incident id, flagged records)`` each. A key that went quiet mid-incident would
-        otherwise leave it open, and its pager paging, for good.
+        ``(key, incident id, flagged records, announced)`` each. A key that went quiet mid-incident
+        would otherwise leave it open, and its pager paging, for good.
 
         Examples
         --------
         >>> t = IncidentTracker("incident")
-        >>> t.restore({"open": {"host-1": ["t:0:5", False, 3, 1000.0]}})
+        >>> t.restore({"open": {"host-1": ["t:0:5", False, 3, 1000.0, True]}})
         >>> t.expire(600, now=1500.0), t.expire(600, now=1600.0), t.expire(600, now=9999.0)
-        ([], [('host-1', 't:0:5', 3)], [])
+        ([], [('host-1', 't:0:5', 3, True)], [])
         """
         if idle_s <= 0 or self.group == "record":
             return []
@@ -192,8 +204,9 @@ class IncidentTracker:
         out = []
         for key, state in self._open.items():
             if state[0] is not None and now - state[3] >= idle_s:
-                out.append((key, state[0], state[2]))
+                out.append((key, state[0], state[2], bool(state[4])))
                 state[:3] = [None, False, 0]
+                state[4] = False
         return out
 
     def snapshot(self, keys: Collection[str] | None = None) -> dict[str, Any]:
@@ -204,9 +217,11 @@ class IncidentTracker:
         if not merge:
             self._open = OrderedDict()
         for k, v in state.get("open", {}).items():
-            # states saved before the count / the last-seen time: count 0, seen now
+            # states saved before the count / the last-seen time / the announced flag: count 0, seen
+            # now, announced (their resolve was always published)
             count, seen = (int(v[2]) if len(v) > 2 else 0), (float(v[3]) if len(v) > 3 else time.time())
-            put(self._open, k, [v[0], bool(v[1]), count, seen], self.max_entities)
+            put(self._open, k, [v[0], bool(v[1]), count, seen, bool(v[4]) if len(v) > 4 else True],
+                self.max_entities)
 
     def forget(self, keys: Iterable[str]) -> None:
         forget(self._open, keys)
@@ -217,7 +232,8 @@ class Selection(NamedTuple):
 
     alert: BoolArray  # records to alert on
     incidents: list[str | None]  # each flagged record's incident id (None: its own)
-    ends: list[tuple[int, str, int]]  # (row of the first unflagged record, incident id, flagged records in it)
+    ends: list[tuple[int, str, int, bool]]  # (row of the first unflagged record, incident id, its flagged
+    # records, announced)
 
 
 def _record_id(batch: ValidBatch, i: int) -> str:

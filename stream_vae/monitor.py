@@ -176,9 +176,21 @@ class StreamMonitor:
         self.entities.changed(e.key for e in ends)
         for e in ends:
             log.info("incident_resolved_idle", stream=self.topology.name, key=e.key, incident=e.incident)
-            metrics.INCIDENTS_RESOLVED.labels(self.topology.name, e.reason).inc()
+        ends = self._announced(pipeline, [], ends)
         self.checkpoint()
         return alert_messages(self.topology, [], ends)
+
+    def _announced(self, pipeline: Any, published: Sequence[Alert], ends: Sequence[IncidentEnd]) -> list[IncidentEnd]:
+        """Mark the incidents whose alerts were published; keep the ends of incidents that were announced
+        (before, or by an alert published with this batch): a pager never hears the resolve of an
+        incident whose every alert the cool-down or a drift episode held back."""
+        told = {(a.key, a.incident) for a in published if a.incident is not None}
+        if told:
+            pipeline.incidents.announce(dict(told))
+        out = [e for e in ends if e.announced or (e.key, e.incident) in told]
+        for e in out:
+            metrics.INCIDENTS_RESOLVED.labels(self.topology.name, e.reason).inc()
+        return out
 
     def adopt(self, partitions: Collection[int]) -> None:
         """A rebalance gave this worker ``partitions``: take over their entities with an open incident now
@@ -244,9 +256,8 @@ class StreamMonitor:
                 w = n / self._baseline_n
                 self.baseline_rate = (1 - w) * self.baseline_rate + w * (k / n)
             verdict = self.guard.update(n, k)
-        msgs += alert_messages(topo, alerts, out.resolved)
-        for end in out.resolved:
-            metrics.INCIDENTS_RESOLVED.labels(topo.name, end.reason).inc()
+        resolved = self._announced(pipeline, alerts, out.resolved)
+        msgs += alert_messages(topo, alerts, resolved)
         msgs += [dlq_message(r, topo) for r in out.rejections]
         if topo.alerts.audit_topic and (out.scored or out.rejections):
             flagged = [out.scored[i] for i in np.flatnonzero(out.is_anomaly)]

@@ -171,16 +171,18 @@ class Pipeline:
             batch.records, [a for _, a in alerts], rejected, result, float(thresholds[-1]), model.version, flagged,
             batch=batch,  # the reservoir keeps the raw features of records the model did not flag
             beyond_range=beyond, thresholds=thresholds,
-            resolved=[self._ended(batch, i, inc, n, model.version) for i, inc, n in ends],
+            resolved=[self._ended(batch, i, inc, n, model.version, announced=told) for i, inc, n, told in ends],
         )
 
     def expire_incidents(self, *, now: float | None = None) -> list[IncidentEnd]:
         """Resolve the open incidents of entities that sent nothing for ``alerts.incident_idle_s``."""
         idle_s, version = self.topology.alerts.incident_idle_s, self.model.version
-        return [IncidentEnd(self.topology.name, key, incident, n, None, None, None, None, version, reason="idle")
-                for key, incident, n in self.incidents.expire(idle_s, now=now)]
+        return [IncidentEnd(self.topology.name, key, incident, n, None, None, None, None, version, reason="idle",
+                            announced=told)
+                for key, incident, n, told in self.incidents.expire(idle_s, now=now)]
 
-    def _ended(self, batch: ValidBatch, i: int, incident: str, records: int, version: str) -> IncidentEnd:
+    def _ended(self, batch: ValidBatch, i: int, incident: str, records: int, version: str, *,
+               announced: bool) -> IncidentEnd:
         rec = batch.records[i]
         return IncidentEnd(self.topology.name, batch.keys[i], incident, records, rec.topic, rec.partition,
-                           rec.offset, batch.event_times[i], version)
+                           rec.offset, batch.event_times[i], version, announced=announced)

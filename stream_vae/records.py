@@ -133,6 +133,8 @@ class IncidentEnd:
     event_time: Any
     model_version: str
     reason: str = "recovered"
+    # whether an alert of the incident got past the worker's alert gate (a worker publishes only those ends)
+    announced: bool = True
 
     def data(self) -> dict[str, Any]:
         record = None if self.topic is None else {"topic": self.topic, "partition": self.partition,

@@ -326,7 +326,8 @@ def test_an_incident_whose_key_goes_quiet_is_resolved_after_the_idle_time() -> N
     old = Pipeline(inc, model)  # a state saved before the last-seen time: seen at restore
     old.restore({**saved, "incidents": {"open": {"a": ["t:0:20", False, 5]}}})
     assert old.expire_incidents(now=time.time() + idle / 2) == []
-    assert [e.records for e in old.expire_incidents(now=time.time() + idle)] == [5]
+    (e,) = old.expire_incidents(now=time.time() + idle)
+    assert e.records == 5 and e.announced, "a state saved before the announced flag: its resolve is published"
     never = Pipeline(inc.model_copy(update={"alerts": inc.alerts.model_copy(update={"incident_idle_s": 0.0})}),
                      model)
     never.process_batch(recs[:25])
@@ -367,8 +368,9 @@ def test_incident_alerts_do_not_depend_on_the_batching_or_on_other_entities() ->
         starts = range(0, n, step)
         sel = [tracker.select(part(i, i + step), flagged[i : i + step], beyond[i : i + step]) for i in starts]
         np.testing.assert_array_equal(np.concatenate([x.alert for x in sel]), want)
-        ends = [(i0 + row, inc, count) for i0, x in zip(starts, sel, strict=True) for row, inc, count in x.ends]
+        ends = [(i0 + row, inc, count) for i0, x in zip(starts, sel, strict=True) for row, inc, count, _ in x.ends]
         assert sorted(ends) == sorted(want_ends)
+        assert not any(told for x in sel for *_, told in x.ends), "nothing announced them"
     assert IncidentTracker("record").select(batch, flagged, beyond).ends == []
 
 
@@ -437,3 +439,24 @@ def test_forgetting_entities_keeps_the_others() -> None:
     snap = p.snapshot()
     assert set(snap["windower"]["buffers"]) == set(snap["smoother"]["buffers"]) == {"a", "c"}
     assert set(snap["tracker"]["hist"]) == {"a", "c"}
+
+
+def test_an_incident_is_announced_only_by_its_own_published_alert() -> None:
+    """IncidentTracker.announce marks the key's open incident if the id matches; the end carries it, and
+    the key's next incident starts unannounced (also after an idle end)."""
+    import time
+
+    from stream_vae.alerts import IncidentTracker
+    from stream_vae.validate import Validator
+
+    batch, _ = Validator(iid_topology()).validate(keyed_records(iid_stream(8, 1), ["a"] * 8))
+    flagged = np.array([1, 1, 0, 1, 1, 0, 1, 1], dtype=bool)
+    tracker = IncidentTracker("incident")
+    sel = tracker.select(batch, flagged, np.zeros(8, dtype=bool))
+    assert [(i, inc, n, told) for i, inc, n, told in sel.ends] == [(2, "t:0:0", 2, False), (5, "t:0:3", 2, False)]
+    tracker.announce({"a": "t:0:3"})  # an id that is no longer open: nothing to mark
+    tracker.announce({"a": "t:0:6"})
+    ((key, inc, n, told),) = tracker.expire(1, now=time.time() + 10)
+    assert (key, inc, n, told) == ("a", "t:0:6", 2, True)
+    again = tracker.select(batch, flagged, np.zeros(8, dtype=bool))
+    assert [told for *_, told in again.ends] == [False, False]
