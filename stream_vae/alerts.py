@@ -153,7 +153,8 @@ class IncidentTracker:
         self, batch: ValidBatch, flagged: BoolArray, beyond: BoolArray, *, now: float | None = None
     ) -> Selection:
         """Records to alert on, each record's incident id (None: not flagged, or its own incident), and
-        the incidents that ended. ``now``: the wall-clock time the batch arrived (default: the clock)."""
+        the incidents that ended. A key is last seen at its last record's Kafka timestamp, or at
+        ``now`` (default: the clock) for records without one."""
         now = time.time() if now is None else now
         n = len(flagged)
         ids: list[str | None] = [None] * n
@@ -176,7 +177,9 @@ class IncidentTracker:
                     current = _record_id(batch, i)
                 count += 1
                 ids[i] = current
-            state[:] = [current, bool(b[-1]) if current is not None else False, count, now, announced]
+            ts = batch.records[idx[-1]].timestamp_ms
+            seen = ts / 1000 if ts > 0 else now
+            state[:] = [current, bool(b[-1]) if current is not None else False, count, seen, announced]
         return Selection(alert, ids, sorted(ends))
 
     def announce(self, incidents: Mapping[str, str]) -> None:
@@ -187,9 +190,11 @@ class IncidentTracker:
                 state[4] = True
 
     def expire(self, idle_s: float, *, now: float | None = None) -> list[tuple[str, str, int, bool]]:
-        """End the open incidents of keys that sent nothing for ``idle_s`` seconds (0: never):
-        ``(key, incident id, flagged records, announced)`` each. A key that went quiet mid-incident
-        would otherwise leave it open, and its pager paging, for good.
+        """End the open incidents of keys that sent nothing for ``idle_s`` seconds before ``now`` (0:
+        never): ``(key, incident id, flagged records, announced)`` each. A key that went quiet
+        mid-incident would otherwise leave it open, and its pager paging, for good. ``now`` should be
+        the time the stream has reached: the clock when the consumer is caught up, the timestamps of
+        the records being read when it is behind (so a backlog does not end incidents early).
 
         Examples
         --------

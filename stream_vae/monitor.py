@@ -96,6 +96,18 @@ def _event(type_: str, topology: Topology, data: dict[str, Any]) -> bytes:
     return json.dumps(envelope(type_, source=f"stream-vae/{topology.name}", data=data)).encode()
 
 
+def _stream_time(records: Sequence[RawRecord]) -> float | None:
+    """How far the batch has read, in seconds: the least, over its partitions, of each one's newest
+    Kafka timestamp (None without timestamps). Idle incidents are judged on it while records keep
+    coming, so a worker working through a backlog does not end a sparse key's incident whose next
+    record is still unread."""
+    newest: dict[int, int] = {}
+    for r in records:
+        if r.timestamp_ms > newest.get(r.partition, 0):
+            newest[r.partition] = r.timestamp_ms
+    return min(newest.values()) / 1000 if newest else None
+
+
 class StreamMonitor:
     """Runs one batch through the pipeline and the closed loop. Thread-safe for one caller at a time.
 
@@ -169,10 +181,11 @@ class StreamMonitor:
         idle incidents resolved."""
         return self._periodic() if time.monotonic() - self._last_ckpt > self.checkpoint_s else []
 
-    def _periodic(self) -> list[Message]:
-        """Every ``checkpoint_s``: resolve incidents of entities gone quiet, then checkpoint."""
+    def _periodic(self, *, now: float | None = None) -> list[Message]:
+        """Every ``checkpoint_s``: resolve incidents of entities gone quiet by ``now`` (default: the
+        clock, for a consumer that has caught up), then checkpoint."""
         pipeline = self.pipeline_of()
-        ends = pipeline.expire_incidents() if pipeline is not None else []
+        ends = pipeline.expire_incidents(now=now) if pipeline is not None else []
         self.entities.changed(e.key for e in ends)
         for e in ends:
             log.info("incident_resolved_idle", stream=self.topology.name, key=e.key, incident=e.incident)
@@ -267,7 +280,7 @@ class StreamMonitor:
                      "suppressed": suppressed}
             msgs.append(Message(topo.alerts.audit_topic, None, json.dumps(audit).encode()))
         if time.monotonic() - self._last_ckpt > self.checkpoint_s:
-            msgs += self._periodic()
+            msgs += self._periodic(now=_stream_time(records))
         return Emission(out, msgs, alerts, suppressed, signals, verdict)
 
     def _keep_recent(self, out: BatchOutcome, *, drifting: bool) -> None:

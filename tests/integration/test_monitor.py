@@ -50,3 +50,41 @@ def test_an_incident_whose_every_alert_was_held_back_ends_without_a_resolve(
     assert [m for m in monitor.tick() if m.topic == topo.alerts.anomaly_topic] == []
     assert pipeline.incidents.snapshot()["open"] == {}, "the held-back incident ended all the same"
     assert [e.incident for e in alone.expire_incidents(now=time.time() + 2)] == ["t:0:57"], "alone, it would end"
+
+
+def test_a_backlog_is_judged_idle_by_its_own_timestamps_not_by_the_clock(
+        redis_url: str, redis_prefix: str) -> None:
+    """alerts.incident_idle_s 1 s. A worker scores host-a's wild records from a minute-old backlog,
+    stalls for longer than the idle time, then reads on: the next records (of host-b, then host-a's
+    recovery) are less than a second of Kafka time later, so the incident ends as recovered, not as
+    idle (on the worker's clock it had been idle). Read further, records 5 s of Kafka time later end a
+    second incident of host-a as idle at once, though hardly any time passed on the clock."""
+    import dataclasses
+
+    base = iid_topology(fpr=0.002)
+    topo = base.model_copy(update={"name": "lag", "alerts": base.alerts.model_copy(
+        update={"group": "incident", "cooldown_s": 0.0, "incident_idle_s": 1.0})})
+    pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=0.0)
+    t0 = int(time.time() * 1000) - 60_000
+    X = iid_stream(80, 2)
+    keys = ["host-a"] * 13 + ["host-b"] * 20 + ["host-a"] * 4 + ["host-a"] * 3 + ["host-b"] * 40
+    X[10:13] += 40.0
+    X[37:40] += 40.0
+    ts = [t0 + 10 * i for i in range(37)] + [t0 + 400 + i for i in range(3)] + [t0 + 5000 + i for i in range(40)]
+    recs = [dataclasses.replace(r, timestamp_ms=t) for r, t in zip(keyed_records(X, keys), ts, strict=True)]
+
+    def ends(batch: list) -> list[tuple[str, str]]:  # type: ignore[type-arg]
+        out = []
+        for m in monitor.process(batch).messages:
+            e = json.loads(m.value)
+            if e["type"] == "io.stream-vae.incident.resolved":
+                out.append((e["data"]["incident"]["id"], e["data"]["incident"]["reason"]))
+        return out
+
+    assert not [e for e in ends(recs[:13]) if e[0] == "t:0:10"]  # host-a's wild records open an incident
+    time.sleep(1.3)  # the worker stalls: on its clock host-a is now idle
+    mid = ends(recs[13:37])
+    assert ("t:0:10", "recovered") in mid and not [e for e in mid if e[1] == "idle"], "host-a's next record ended it"
+    assert ("t:0:37", "idle") in ends(recs[37:40]) + ends(recs[40:]), "5 s of Kafka time later: idle"
