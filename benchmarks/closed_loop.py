@@ -12,7 +12,6 @@ record of each, and its ratio to the pipeline alone.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -20,12 +19,11 @@ import uuid
 import numpy as np
 import redis
 import torch
+from pipeline_options import demo_stream  # python benchmarks/closed_loop.py puts benchmarks/ on the path
 
 from stream_vae.model.train import train_model
 from stream_vae.monitor import StreamMonitor
 from stream_vae.pipeline import Pipeline
-from stream_vae.records import RawRecord
-from stream_vae.synth import FEATURES, generate
 from stream_vae.testing import loaded, synth_topology
 
 
@@ -33,13 +31,7 @@ def main() -> None:
     torch.set_num_threads(1)
     client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    train = generate(n_steps=3000, anomaly_rate=0.0, seed=0)
-    test = generate(n_steps=4000, anomaly_rate=0.01, seed=1)
-    records = [
-        RawRecord(json.dumps({"entity": e, "ts": 0, **dict(zip(FEATURES, row, strict=True))}).encode(), e.encode(),
-                  "bench", 0, i, 0)
-        for i, (row, e) in enumerate(zip(test.X.tolist(), test.entities, strict=True))
-    ]
+    train, records = demo_stream()
     model_spec = {"latent_dim": 3, "hidden": [32, 16], "epochs": 5, "kl_warmup_epochs": 2, "ensemble": 3}
     topo = synth_topology(window=5, model=model_spec)
     model = loaded(train_model(train.X, topo, entities=list(train.entities)))

@@ -19,7 +19,7 @@ import torch
 from stream_vae.model.train import train_model
 from stream_vae.pipeline import Pipeline
 from stream_vae.records import RawRecord
-from stream_vae.synth import FEATURES, generate
+from stream_vae.synth import FEATURES, SynthStream, generate
 from stream_vae.testing import loaded, synth_topology
 
 VARIANTS = {
@@ -29,8 +29,8 @@ VARIANTS = {
 }
 
 
-def main() -> None:
-    torch.set_num_threads(1)
+def demo_stream() -> tuple[SynthStream, list[RawRecord]]:
+    """The demo's synthetic server metrics: a clean training stretch, and 24,000 test records (1 % anomalous)."""
     train = generate(n_steps=3000, anomaly_rate=0.0, seed=0)
     test = generate(n_steps=4000, anomaly_rate=0.01, seed=1)
     records = [
@@ -38,6 +38,12 @@ def main() -> None:
                   "bench", 0, i, 0)
         for i, (row, e) in enumerate(zip(test.X.tolist(), test.entities, strict=True))
     ]
+    return train, records
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    train, records = demo_stream()
     pipelines = {}
     for name, (model, group) in VARIANTS.items():
         topo = synth_topology(window=5, model={"latent_dim": 3, "hidden": [32, 16], "epochs": 5, "kl_warmup_epochs": 2,
