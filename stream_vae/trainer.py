@@ -79,6 +79,15 @@ def evaluate(topology: Topology, model: LoadedModel, recent: Recent) -> Validati
     return Validation(float(out.is_anomaly[normal].mean()), nll_raw)
 
 
+def _sampling(topo: Topology) -> str:
+    """What a refusal for want of records should add when the reservoir samples entities."""
+    n = topo.retrain.sample_every
+    if n > 1 and topo.consecutive:
+        return (f" (retrain.sample_every {n} keeps one entity in {n}, all of its records: with few keys, "
+                "set it to 1)")
+    return ""
+
+
 class TrainingAborted(Exception):  # noqa: N818 - it is an outcome, not an error
     """The trainer is shutting down; the candidate in training is dropped."""
 
@@ -163,7 +172,8 @@ class Trainer:
         need = self._need(topo, data)
         got = self._recent(topo, data.get("since_ms"), need)
         if got is None:
-            return [self._refuse(topo, f"fewer than {need} recent records arrived in time", active.version)]
+            return [self._refuse(topo, f"fewer than {need} recent records arrived in time{_sampling(topo)}",
+                                 active.version)]
         out = replay(topo, active, got.X, got.keys)
         assert out.result is not None
         scores = out.result.score[got.normal]  # smoothed per entity, as the pipeline thresholds them
@@ -179,7 +189,7 @@ class Trainer:
         got = self._recent(topo, data.get("since_ms"), spec.min_records)
         if got is None:
             return [self._refuse(topo, f"fewer than {spec.min_records} post-drift records arrived within "
-                                       f"{spec.wait_timeout_s:.0f}s", active.version)]
+                                       f"{spec.wait_timeout_s:.0f}s{_sampling(topo)}", active.version)]
         n_hold = max(50, int(len(got) * spec.holdout_fraction))
         fit, hold = got[:-n_hold], got[-n_hold:]
         cand_t = train_model(fit.X, topo, entities=fit.keys, normal=fit.normal, max_seconds=spec.max_train_seconds,

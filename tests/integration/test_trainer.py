@@ -68,14 +68,19 @@ def test_threshold_recalibration_keeps_weights_moves_threshold(setup) -> None:  
 
 
 def test_refuses_without_enough_post_drift_records(setup) -> None:  # type: ignore[no-untyped-def]
-    """A retrain with too few records after the drift is refused with the reason, nothing activated."""
-    _, registry, res, trainer = setup
+    """A retrain with too few records after the drift is refused with the reason, nothing activated; when the
+    reservoir samples entities (a windowed model, sample_every > 1) the reason says so."""
+    topo, registry, res, trainer = setup
     s = generate(n_steps=50, t0=1000, seed=4)
     res.add(s.X, s.entities, [int(time.time() * 1000)] * len(s.X), [True] * len(s.X))
     assert not trainer.has_records({"stream": "tr", "kind": "retrain", "since_ms": 0})
     ev = _event(trainer, {"stream": "tr", "kind": "retrain", "since_ms": 0, "episode": "e-few"})
     assert ev["action"] == "refuse" and "fewer than 2000" in str(ev["reason"])
     assert registry.active_version("tr") == "v1"
+    sampled = Trainer({"tr": topo.model_copy(update={"window": 3, "retrain": topo.retrain.model_copy(
+        update={"sample_every": 4})})}, registry=registry, poll_s=0.1)
+    ev = _event(sampled, {"stream": "tr", "kind": "threshold", "since_ms": 0, "episode": "e-few-sampled"})
+    assert ev["action"] == "refuse" and "sample_every 4 keeps one entity in 4" in str(ev["reason"]), ev
 
 
 def test_retrain_on_post_drift_records_is_activated_and_duplicates_ignored(setup) -> None:  # type: ignore[no-untyped-def]
