@@ -146,7 +146,7 @@ class IncidentTracker:
         self.group = group
         self.max_entities = max_entities
         # key -> [incident id or None, in a range run, flagged records so far in the incident,
-        #         wall-clock time of the key's last record, announced]
+        #         the key's last record's Kafka timestamp (s; the clock without one), announced]
         self._open: OrderedDict[str, list[Any]] = OrderedDict()
 
     def select(

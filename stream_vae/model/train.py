@@ -171,6 +171,8 @@ def train_model(
         raise ConfigError(f"need at least 100 training rows, got {len(X)}")
     if not np.all(np.isfinite(X)):
         raise ConfigError("training data contains NaN or infinite values; clean or impute them first")
+    if normal is not None and len(normal) != len(X):
+        raise ConfigError(f"normal has {len(normal)} flags for {len(X)} training rows")
     n_train = len(X) if normal is None else int(np.count_nonzero(normal))
     X, entities, period, kept = _seasonal(X, entities, topology)
     use = np.ones(len(X), dtype=bool) if normal is None else np.asarray(normal, dtype=bool)[kept]

@@ -296,3 +296,7 @@ def test_seasonal_period_survives_the_artifact_and_needs_enough_rows() -> None:
     long = topo.model_copy(update={"model": topo.model.model_copy(update={"seasonal_period": 100})})
     with pytest.raises(ConfigError, match="leaves 50 training rows"):
         train_model(s.X[:150], long)
+    with pytest.raises(ConfigError, match="normal has 3 flags for 400 training rows"):
+        train_model(s.X, topo, normal=[True, True, False])
+    with pytest.raises(ConfigError, match="need at least 100 normal training rows, got 67"):
+        train_model(s.X, topo, normal=np.arange(400) >= 333)
