@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from stream_vae.model.train import train_model
@@ -12,10 +13,20 @@ from stream_vae.monitor import StreamMonitor
 from stream_vae.pipeline import Pipeline
 from stream_vae.state import redis_client
 from stream_vae.testing import iid_stream, iid_topology, keyed_records, loaded
+from stream_vae.topology import Topology
 
 from .helpers import settings
 
 pytestmark = pytest.mark.integration
+
+
+def _monitor(topo: Topology, redis_url: str, redis_prefix: str, *,
+             checkpoint_s: float) -> tuple[Pipeline, StreamMonitor]:
+    """A pipeline on a quickly trained model of ``iid_stream``, and a StreamMonitor on it against Redis."""
+    pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=checkpoint_s)
+    return pipeline, monitor
 
 
 def test_an_incident_whose_every_alert_was_held_back_ends_without_a_resolve(
@@ -27,9 +38,7 @@ def test_an_incident_whose_every_alert_was_held_back_ends_without_a_resolve(
     base = iid_topology()
     topo = base.model_copy(update={"name": "mon", "alerts": base.alerts.model_copy(
         update={"group": "incident", "cooldown_s": 3600.0, "incident_idle_s": 1.0})})
-    pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
-    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
-    monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+    pipeline, monitor = _monitor(topo, redis_url, redis_prefix, checkpoint_s=3600)
     X = iid_stream(60, 1)
     for lo in (10, 30, 57):  # three runs of wild records, the last one still going at the end
         X[lo : lo + 3] += 40.0
@@ -64,9 +73,7 @@ def test_a_backlog_is_judged_idle_by_its_own_timestamps_not_by_the_clock(
     base = iid_topology(fpr=0.002)
     topo = base.model_copy(update={"name": "lag", "alerts": base.alerts.model_copy(
         update={"group": "incident", "cooldown_s": 0.0, "incident_idle_s": 1.0})})
-    pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
-    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
-    monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=0.0)
+    _, monitor = _monitor(topo, redis_url, redis_prefix, checkpoint_s=0.0)
     t0 = int(time.time() * 1000) - 60_000
     X = iid_stream(80, 2)
     keys = ["host-a"] * 13 + ["host-b"] * 20 + ["host-a"] * 4 + ["host-a"] * 3 + ["host-b"] * 40
@@ -88,3 +95,41 @@ def test_a_backlog_is_judged_idle_by_its_own_timestamps_not_by_the_clock(
     mid = ends(recs[13:37])
     assert ("t:0:10", "recovered") in mid and not [e for e in mid if e[1] == "idle"], "host-a's next record ended it"
     assert ("t:0:37", "idle") in ends(recs[37:40]) + ends(recs[40:]), "5 s of Kafka time later: idle"
+
+
+@pytest.mark.parametrize("window", [2, 1])
+def test_the_reservoir_keeps_sampled_entities_whole_and_marks_what_the_model_flagged(
+        redis_url: str, redis_prefix: str, window: int) -> None:
+    """With ``retrain.sample_every: 3`` and a window of 2 records, the worker keeps every record of one
+    entity in three (the same ones on any worker), flagged ones included and marked, so a retrain
+    windows them as the pipeline did. (It kept every third record, flagged ones left out: each
+    window a retrain built joined records that were never neighbours.) With a window of 1 it still
+    keeps every third record: one record is all the model reads."""
+    from stream_vae.reservoir import sampled_entity
+
+    base = iid_topology()
+    topo = base.model_copy(update={"name": f"res{window}", "window": window,
+                                   "retrain": base.retrain.model_copy(update={"sample_every": 3})})
+    _, monitor = _monitor(topo, redis_url, redis_prefix, checkpoint_s=3600)
+    hosts = [f"host-{i}" for i in range(12)]
+    X = iid_stream(1200, 1)
+    X[::37] += 40.0  # wild records: the model flags them
+    keys = [hosts[i % len(hosts)] for i in range(len(X))]
+    flagged = []
+    for lo in range(0, len(X), 100):
+        flagged.append(monitor.process(keyed_records(X[lo : lo + 100], keys[lo : lo + 100])).outcome.is_anomaly)
+    flags = np.concatenate(flagged)
+    assert flags.sum() >= len(X) // 37 - 1
+    got = monitor.reservoir.read()
+    if window == 1:
+        np.testing.assert_allclose(got.X, X[::3], rtol=1e-6)
+        assert got.normal.tolist() == (~flags[::3]).tolist()
+        return
+    kept = [h for h in hosts if sampled_entity(h, 3)]
+    assert 0 < len(kept) < len(hosts) and sorted(set(got.keys)) == sorted(kept)
+    for h in kept:
+        mine = np.flatnonzero(np.asarray(keys) == h)
+        theirs = np.flatnonzero(np.asarray(got.keys) == h)
+        np.testing.assert_allclose(got.X[theirs], X[mine], rtol=1e-6)  # every record, in order
+        assert got.normal[theirs].tolist() == (~flags[mine]).tolist()
+    assert not got.normal.all(), "some kept records were flagged, and are marked"

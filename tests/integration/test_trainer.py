@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from stream_vae.model.registry import RedisModelRegistry
-from stream_vae.model.train import train_model
 from stream_vae.reservoir import Reservoir
 from stream_vae.state import redis_client
 from stream_vae.synth import generate
@@ -121,45 +120,3 @@ def test_a_candidate_with_another_seasonal_period_is_not_judged_by_a_likelihood_
     assert ev["action"] == "activate", ev
     assert registry.load("tr", str(ev["version"])).seasonal_period == 24
 
-
-@pytest.mark.parametrize("window", [2, 1])
-def test_the_reservoir_keeps_sampled_entities_whole_and_marks_what_the_model_flagged(
-        redis_url: str, redis_prefix: str, window: int) -> None:
-    """With ``retrain.sample_every: 3`` and a window of 2 records, the worker keeps every record of one
-    entity in three (the same ones on any worker), flagged ones included and marked, so a retrain
-    windows them as the pipeline did. (It kept every third record, flagged ones left out: each
-    window a retrain built joined records that were never neighbours.) With a window of 1 it still
-    keeps every third record: one record is all the model reads."""
-    from stream_vae.monitor import StreamMonitor
-    from stream_vae.pipeline import Pipeline
-    from stream_vae.reservoir import sampled_entity
-    from stream_vae.testing import iid_stream, iid_topology, keyed_records, loaded
-
-    base = iid_topology()
-    topo = base.model_copy(update={"name": f"res{window}", "window": window,
-                                   "retrain": base.retrain.model_copy(update={"sample_every": 3})})
-    pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
-    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
-    monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
-    hosts = [f"host-{i}" for i in range(12)]
-    X = iid_stream(1200, 1)
-    X[::37] += 40.0  # wild records: the model flags them
-    keys = [hosts[i % len(hosts)] for i in range(len(X))]
-    flagged = []
-    for lo in range(0, len(X), 100):
-        flagged.append(monitor.process(keyed_records(X[lo : lo + 100], keys[lo : lo + 100])).outcome.is_anomaly)
-    flags = np.concatenate(flagged)
-    assert flags.sum() >= len(X) // 37 - 1
-    got = monitor.reservoir.read()
-    if window == 1:
-        np.testing.assert_allclose(got.X, X[::3], rtol=1e-6)
-        assert got.normal.tolist() == (~flags[::3]).tolist()
-        return
-    kept = [h for h in hosts if sampled_entity(h, 3)]
-    assert 0 < len(kept) < len(hosts) and sorted(set(got.keys)) == sorted(kept)
-    for h in kept:
-        mine = np.flatnonzero(np.asarray(keys) == h)
-        theirs = np.flatnonzero(np.asarray(got.keys) == h)
-        np.testing.assert_allclose(got.X[theirs], X[mine], rtol=1e-6)  # every record, in order
-        assert got.normal[theirs].tolist() == (~flags[mine]).tolist()
-    assert not got.normal.all(), "some kept records were flagged, and are marked"
