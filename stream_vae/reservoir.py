@@ -21,6 +21,7 @@ import numpy.typing as npt
 from stream_vae.records import FloatArray
 
 _HEAD = struct.Struct("<q?")  # timestamp_ms, normal
+_NORMAL_AT = struct.calcsize("<q")
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,14 @@ class Reservoir:
         pipe.execute()
 
     def read(self, *, since_ms: int | None = None) -> Recent:
-        """Records in arrival order (oldest first), optionally only those at or after ``since_ms``."""
-        raw = self.client.lrange(self.key, 0, -1)[::-1]
+        """Records in arrival order (oldest first), optionally only those at or after ``since_ms``.
+
+        A record stored twice (same key, timestamp and features) is read once, where it came first:
+        a worker that crashes before committing its offsets scores the uncommitted records again on
+        restart and pushes them a second time (at-least-once), which would otherwise repeat a stretch
+        of the entity's history inside its windows.
+        """
+        raw = _first_copies(self.client.lrange(self.key, 0, -1)[::-1])
         heads = [_HEAD.unpack_from(r) for r in raw]
         ts = np.fromiter((h[0] for h in heads), dtype=np.int64, count=len(raw))
         normal = np.fromiter((h[1] for h in heads), dtype=bool, count=len(raw))
@@ -103,3 +110,17 @@ class Reservoir:
 
     def __len__(self) -> int:
         return int(self.client.llen(self.key))
+
+
+def _first_copies(raw: list[bytes]) -> list[bytes]:
+    """``raw`` without the repeats of an earlier record; the ``normal`` byte is left out of the
+    comparison, since a replayed record may be judged against a threshold restored from an older
+    checkpoint."""
+    seen: set[bytes] = set()
+    out = []
+    for r in raw:
+        ident = r[:_NORMAL_AT] + r[_NORMAL_AT + 1 :]
+        if ident not in seen:
+            seen.add(ident)
+            out.append(r)
+    return out

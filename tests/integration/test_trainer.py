@@ -51,6 +51,26 @@ def test_reservoir_round_trip_since_and_cap(setup) -> None:  # type: ignore[no-u
     assert len(res) == 5000
 
 
+def test_a_stretch_pushed_again_after_a_crash_is_read_once(setup) -> None:  # type: ignore[no-untyped-def]
+    """A worker that restarts from its last committed offset pushes the uncommitted records again
+    (at-least-once), perhaps judged differently; the reservoir reads each record once, where it came
+    first, so a retrain's windows do not repeat a stretch of the entity's history."""
+    _, _, res, _ = setup
+    X = np.arange(48.0).reshape(6, 8)
+    keys, ts = ["a", "b", "a", "b", "a", "b"], [1000, 1000, 2000, 2000, 3000, 3000]
+    res.add(X[:4], keys[:4], ts[:4], [True, True, True, False])
+    res.add(X[2:], keys[2:], ts[2:], [False, True, True, True])  # records 2 and 3 again, then new ones
+    assert len(res) == 8, "both copies are stored"
+    got = res.read()
+    np.testing.assert_allclose(got.X, X)
+    assert got.keys == keys and got.ts_ms.tolist() == ts
+    assert got.normal.tolist() == [True, True, True, False, True, True], "the first copy's judgement"
+    assert res.count_since(2000) == 3
+    # the same key and time with other features is another record, not a copy
+    res.add(X[:1] + 0.5, ["a"], [1000], [True])
+    assert len(res.read()) == 7
+
+
 def test_threshold_recalibration_keeps_weights_moves_threshold(setup) -> None:  # type: ignore[no-untyped-def]
     """A threshold request registers a new version with the same weights and a threshold from recent records."""
     _, registry, res, trainer = setup
