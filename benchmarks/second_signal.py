@@ -87,8 +87,8 @@ def variants(kind: str, *, data_root: Path, cache: Path, ds: str, entity: str, s
              ) -> Iterator[tuple[str, np.ndarray]]:
     ref, test, label = vae_scores(cache, ds, entity, seed)
     yield "VAE (default)", judged(ref, test, label)[0]
-    zr, zt = on_held_out_scale(ref, test)
     if kind == "long":
+        zr, zt = on_held_out_scale(ref, test)
         for L in (20, 50, 100, 200):
             lr, lt = on_held_out_scale(rolling_mean(ref, L), rolling_mean(test, L))
             for w in (0.5, 0.75, 1.0):
