@@ -169,7 +169,7 @@ class Pipeline:
         alerts.sort(key=lambda pair: pair[0])
         return BatchOutcome(
             batch.records, [a for _, a in alerts], rejected, result, float(thresholds[-1]), model.version, flagged,
-            batch=batch,  # the reservoir keeps the raw features of records the model did not flag
+            batch=batch,  # the reservoir keeps the raw features, each record marked flagged or not
             beyond_range=beyond, thresholds=thresholds,
             resolved=[self._ended(batch, i, inc, n, model.version, announced=told) for i, inc, n, told in ends],
         )
