@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -182,9 +182,10 @@ class IncidentTracker:
             state[:] = [current, bool(b[-1]) if current is not None else False, count, seen, announced]
         return Selection(alert, ids, sorted(ends))
 
-    def announce(self, incidents: Mapping[str, str]) -> None:
-        """``{key: incident id}`` of alerts the worker published: those incidents, if still open, are announced."""
-        for key, incident in incidents.items():
+    def announce(self, incidents: Iterable[tuple[str, str]]) -> None:
+        """``(key, incident id)`` of alerts the worker published: those incidents, if still open, are
+        announced. (A key may have opened and ended several incidents in one batch: pairs, not a mapping.)"""
+        for key, incident in incidents:
             state = self._open.get(key)
             if state is not None and state[0] == incident:
                 state[4] = True

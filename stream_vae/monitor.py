@@ -199,7 +199,7 @@ class StreamMonitor:
         incident whose every alert the cool-down or a drift episode held back."""
         told = {(a.key, a.incident) for a in published if a.incident is not None}
         if told:
-            pipeline.incidents.announce(dict(told))
+            pipeline.incidents.announce(told)
         out = [e for e in ends if e.announced or (e.key, e.incident) in told]
         for e in out:
             metrics.INCIDENTS_RESOLVED.labels(self.topology.name, e.reason).inc()

@@ -442,8 +442,9 @@ def test_forgetting_entities_keeps_the_others() -> None:
 
 
 def test_an_incident_is_announced_only_by_its_own_published_alert() -> None:
-    """IncidentTracker.announce marks the key's open incident if the id matches; the end carries it, and
-    the key's next incident starts unannounced (also after an idle end)."""
+    """IncidentTracker.announce marks the key's open incident if the id matches (among the several
+    incidents one key may have alerted on in a batch); the end carries it, and the key's next incident
+    starts unannounced (also after an idle end)."""
     import time
 
     from stream_vae.alerts import IncidentTracker
@@ -454,8 +455,10 @@ def test_an_incident_is_announced_only_by_its_own_published_alert() -> None:
     tracker = IncidentTracker("incident")
     sel = tracker.select(batch, flagged, np.zeros(8, dtype=bool))
     assert [(i, inc, n, told) for i, inc, n, told in sel.ends] == [(2, "t:0:0", 2, False), (5, "t:0:3", 2, False)]
-    tracker.announce({"a": "t:0:3"})  # an id that is no longer open: nothing to mark
-    tracker.announce({"a": "t:0:6"})
+    tracker.announce([("a", "t:0:3")])  # an id that is no longer open: nothing to mark
+    assert tracker.snapshot()["open"]["a"][4] is False
+    # the batch published alerts of three incidents of "a": the one still open is marked, whatever the order
+    tracker.announce([("a", "t:0:6"), ("a", "t:0:0"), ("a", "t:0:3")])
     ((key, inc, n, told),) = tracker.expire(1, now=time.time() + 10)
     assert (key, inc, n, told) == ("a", "t:0:6", 2, True)
     again = tracker.select(batch, flagged, np.zeros(8, dtype=bool))
