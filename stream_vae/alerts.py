@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -146,7 +146,8 @@ class IncidentTracker:
         self.group = group
         self.max_entities = max_entities
         # key -> [incident id or None, in a range run, flagged records so far in the incident,
-        #         the key's last record's Kafka timestamp (s; the clock without one), announced]
+        #         the key's last record's Kafka timestamp (s; the clock without one), announced,
+        #         the key's partition (None: not known, a state saved before it was kept)]
         self._open: OrderedDict[str, list[Any]] = OrderedDict()
 
     def select(
@@ -163,7 +164,7 @@ class IncidentTracker:
             return Selection(np.asarray(flagged, dtype=bool), ids, ends)
         alert = np.zeros(n, dtype=bool)
         for key, idx in entity_groups(batch.keys).items():
-            state = lru_slot(self._open, key, lambda: [None, False, 0, now, False], self.max_entities)
+            state = lru_slot(self._open, key, lambda: [None, False, 0, now, False, None], self.max_entities)
             f, b = flagged[idx], beyond[idx] & flagged[idx]
             alert[idx] = incident_alerts(f, b, in_run=state[0] is not None, in_range_run=bool(state[1]))
             current, count, announced = state[0], state[2], bool(state[4])
@@ -177,9 +178,10 @@ class IncidentTracker:
                     current = _record_id(batch, i)
                 count += 1
                 ids[i] = current
-            ts = batch.records[idx[-1]].timestamp_ms
-            seen = ts / 1000 if ts > 0 else now
-            state[:] = [current, bool(b[-1]) if current is not None else False, count, seen, announced]
+            last = batch.records[idx[-1]]
+            seen = last.timestamp_ms / 1000 if last.timestamp_ms > 0 else now
+            state[:] = [current, bool(b[-1]) if current is not None else False, count, seen, announced,
+                        last.partition]
         return Selection(alert, ids, sorted(ends))
 
     def announce(self, incidents: Iterable[tuple[str, str]]) -> None:
@@ -190,26 +192,35 @@ class IncidentTracker:
             if state is not None and state[0] == incident:
                 state[4] = True
 
-    def expire(self, idle_s: float, *, now: float | None = None) -> list[tuple[str, str, int, bool]]:
-        """End the open incidents of keys that sent nothing for ``idle_s`` seconds before ``now`` (0:
-        never): ``(key, incident id, flagged records, announced)`` each. A key that went quiet
-        mid-incident would otherwise leave it open, and its pager paging, for good. ``now`` should be
-        the time the stream has reached: the clock when the consumer is caught up, the timestamps of
-        the records being read when it is behind (so a backlog does not end incidents early).
+    def expire(self, idle_s: float, *, now: float | None = None,
+               partition_now: Mapping[int, float] | None = None) -> list[tuple[str, str, int, bool]]:
+        """End the open incidents of keys that sent nothing for ``idle_s`` seconds (0: never): ``(key,
+        incident id, flagged records, announced)`` each. A key that went quiet mid-incident would
+        otherwise leave it open, and its pager paging, for good.
+
+        Idleness is measured up to the time the stream has reached: ``partition_now[p]`` for a key of
+        partition ``p`` (how far the worker has read that partition, in its producers' clock), else
+        ``now`` (default: the clock, right for a consumer that has caught up). So neither a backlog
+        nor a producer whose clock runs behind the worker's ends an incident early.
 
         Examples
         --------
         >>> t = IncidentTracker("incident")
-        >>> t.restore({"open": {"host-1": ["t:0:5", False, 3, 1000.0, True]}})
+        >>> t.restore({"open": {"host-1": ["t:0:5", False, 3, 1000.0, True, 0]}})
         >>> t.expire(600, now=1500.0), t.expire(600, now=1600.0), t.expire(600, now=9999.0)
         ([], [('host-1', 't:0:5', 3, True)], [])
+        >>> t.restore({"open": {"host-1": ["t:0:5", False, 3, 1000.0, True, 0]}})
+        >>> t.expire(600, now=9999.0, partition_now={0: 1500.0}), t.expire(600, partition_now={0: 1600.0})
+        ([], [('host-1', 't:0:5', 3, True)])
         """
         if idle_s <= 0 or self.group == "record":
             return []
         now = time.time() if now is None else now
+        partition_now = partition_now or {}
         out = []
         for key, state in self._open.items():
-            if state[0] is not None and now - state[3] >= idle_s:
+            reached = partition_now.get(state[5], now) if state[5] is not None else now
+            if state[0] is not None and reached - state[3] >= idle_s:
                 out.append((key, state[0], state[2], bool(state[4])))
                 state[:3] = [None, False, 0]
                 state[4] = False
@@ -223,10 +234,11 @@ class IncidentTracker:
         if not merge:
             self._open = OrderedDict()
         for k, v in state.get("open", {}).items():
-            # states saved before the count / the last-seen time / the announced flag: count 0, seen
-            # now, announced (their resolve was always published)
+            # states saved before the count / the last-seen time / the announced flag / the partition:
+            # count 0, seen now, announced (their resolve was always published), partition not known
             count, seen = (int(v[2]) if len(v) > 2 else 0), (float(v[3]) if len(v) > 3 else time.time())
-            put(self._open, k, [v[0], bool(v[1]), count, seen, bool(v[4]) if len(v) > 4 else True],
+            partition = int(v[5]) if len(v) > 5 and v[5] is not None else None
+            put(self._open, k, [v[0], bool(v[1]), count, seen, bool(v[4]) if len(v) > 4 else True, partition],
                 self.max_entities)
 
     def forget(self, keys: Iterable[str]) -> None:

@@ -96,16 +96,45 @@ def _event(type_: str, topology: Topology, data: dict[str, Any]) -> bytes:
     return json.dumps(envelope(type_, source=f"stream-vae/{topology.name}", data=data)).encode()
 
 
-def _stream_time(records: Sequence[RawRecord]) -> float | None:
-    """How far the batch has read, in seconds: the least, over its partitions, of each one's newest
-    Kafka timestamp (None without timestamps). Idle incidents are judged on it while records keep
-    coming, so a worker working through a backlog does not end a sparse key's incident whose next
-    record is still unread."""
+def _newest(records: Sequence[RawRecord]) -> dict[int, float]:
+    """Each partition's newest Kafka timestamp in ``records``, in seconds (partitions without one left out)."""
     newest: dict[int, int] = {}
     for r in records:
         if r.timestamp_ms > newest.get(r.partition, 0):
             newest[r.partition] = r.timestamp_ms
-    return min(newest.values()) / 1000 if newest else None
+    return {p: t / 1000 for p, t in newest.items()}
+
+
+class StreamClock:
+    """How far the worker has read each partition, in its producers' clock: the newest Kafka timestamp
+    read from it, plus the time since, on the worker's monotonic clock.
+
+    Idle incidents are judged on it, so a worker working through a backlog does not end a sparse
+    key's incident whose next record is still unread, whichever partitions a batch touched, and a
+    producer whose clock runs behind the worker's does not have its keys' idle time shortened (the
+    difference of the two clocks cancels). A partition not read since this worker started is judged
+    on the batch's least advanced partition while records come, and on the clock once the consumer
+    has caught up (the two rules before per-partition time). Its one assumption: a partition with a
+    backlog is read at least once every ``alerts.incident_idle_s``.
+    """
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._read: dict[int, tuple[float, float]] = {}  # partition -> (newest timestamp, s; when read)
+
+    def advance(self, records: Sequence[RawRecord]) -> float | None:
+        """Note what ``records`` read; return their least advanced partition's time (None: no timestamps)."""
+        newest = _newest(records)
+        at = self._monotonic()
+        for p, t in newest.items():
+            if t > self._read.get(p, (0.0, 0.0))[0]:
+                self._read[p] = (t, at)
+        return min(newest.values()) if newest else None
+
+    def reached(self) -> dict[int, float]:
+        """Each partition read so far: how far the stream has reached in it now."""
+        at = self._monotonic()
+        return {p: t + (at - read_at) for p, (t, read_at) in self._read.items()}
 
 
 class StreamMonitor:
@@ -136,6 +165,7 @@ class StreamMonitor:
         self.guard = SwapGuard(topology)
         self._drift: dict[int, DriftMonitor] = {}
         self._last_ckpt = time.monotonic()
+        self.clock = StreamClock()
         self._seen = 0
         # the healthy model's flag rate (true anomalies included), tracked while no drift/swap is in progress:
         # a running mean over the first 20k such records, then an exponential average over ~20k
@@ -182,10 +212,10 @@ class StreamMonitor:
         return self._periodic() if time.monotonic() - self._last_ckpt > self.checkpoint_s else []
 
     def _periodic(self, *, now: float | None = None) -> list[Message]:
-        """Every ``checkpoint_s``: resolve incidents of entities gone quiet by ``now`` (default: the
-        clock, for a consumer that has caught up), then checkpoint."""
+        """Every ``checkpoint_s``: resolve incidents of entities gone quiet (judged by :class:`StreamClock`;
+        ``now`` for partitions it has not read, default the clock), then checkpoint."""
         pipeline = self.pipeline_of()
-        ends = pipeline.expire_incidents(now=now) if pipeline is not None else []
+        ends = pipeline.expire_incidents(now=now, partition_now=self.clock.reached()) if pipeline is not None else []
         self.entities.changed(e.key for e in ends)
         for e in ends:
             log.info("incident_resolved_idle", stream=self.topology.name, key=e.key, incident=e.incident)
@@ -230,6 +260,7 @@ class StreamMonitor:
         pipeline = self.pipeline_of()
         episode = self.policy.episode
         out: BatchOutcome = pipeline.process_batch(records, drift_episode=episode, resume=self.entities.resume)
+        batch_time = self.clock.advance(records)
         if out.batch is not None:
             self.entities.touched(out.batch.keys, (r.partition for r in out.scored))
         msgs: list[Message] = []
@@ -280,7 +311,7 @@ class StreamMonitor:
                      "suppressed": suppressed}
             msgs.append(Message(topo.alerts.audit_topic, None, json.dumps(audit).encode()))
         if time.monotonic() - self._last_ckpt > self.checkpoint_s:
-            msgs += self._periodic(now=_stream_time(records))
+            msgs += self._periodic(now=batch_time)
         return Emission(out, msgs, alerts, suppressed, signals, verdict)
 
     def _keep_recent(self, out: BatchOutcome, *, drifting: bool) -> None:

@@ -7,7 +7,7 @@ knows about Kafka, Redis or faust.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -174,12 +174,14 @@ class Pipeline:
             resolved=[self._ended(batch, i, inc, n, model.version, announced=told) for i, inc, n, told in ends],
         )
 
-    def expire_incidents(self, *, now: float | None = None) -> list[IncidentEnd]:
-        """Resolve the open incidents of entities that sent nothing for ``alerts.incident_idle_s``."""
+    def expire_incidents(self, *, now: float | None = None,
+                         partition_now: Mapping[int, float] | None = None) -> list[IncidentEnd]:
+        """Resolve the open incidents of entities that sent nothing for ``alerts.incident_idle_s``
+        (measured as :meth:`~stream_vae.alerts.IncidentTracker.expire` does)."""
         idle_s, version = self.topology.alerts.incident_idle_s, self.model.version
         return [IncidentEnd(self.topology.name, key, incident, n, None, None, None, None, version, reason="idle",
                             announced=told)
-                for key, incident, n, told in self.incidents.expire(idle_s, now=now)]
+                for key, incident, n, told in self.incidents.expire(idle_s, now=now, partition_now=partition_now)]
 
     def _ended(self, batch: ValidBatch, i: int, incident: str, records: int, version: str, *,
                announced: bool) -> IncidentEnd:

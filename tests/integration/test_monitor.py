@@ -97,6 +97,42 @@ def test_a_backlog_is_judged_idle_by_its_own_timestamps_not_by_the_clock(
     assert ("t:0:37", "idle") in ends(recs[37:40]) + ends(recs[40:]), "5 s of Kafka time later: idle"
 
 
+def test_idle_time_is_measured_per_partition_in_the_producers_clock(redis_url: str, redis_prefix: str) -> None:
+    """alerts.incident_idle_s 2 s; the producers' clock runs 30 s behind the worker's. host-a
+    (partition 1, a backlog a minute old) opens an incident; then batches bring only partition 0, a
+    minute of Kafka time further on: partition 1 has not been read further, so host-a is not idle
+    (judged by the batch's partitions, as before, it was). host-b (partition 0) opens an incident with
+    the last record: once the consumer has caught up, the 30 s between the clocks do not make it idle
+    at once (judged by the worker's clock, they did), but two seconds of quiet do, host-a's too."""
+    import dataclasses
+
+    base = iid_topology(fpr=0.002)
+    topo = base.model_copy(update={"name": "skew", "alerts": base.alerts.model_copy(
+        update={"group": "incident", "cooldown_s": 0.0, "incident_idle_s": 2.0})})
+    _, monitor = _monitor(topo, redis_url, redis_prefix, checkpoint_s=0.0)
+    t0 = int(time.time() * 1000) - 90_000
+    X = iid_stream(60, 3)
+    X[7:10] += 40.0
+    X[57:60] += 40.0
+    recs = keyed_records(X, ["host-a"] * 10 + ["host-c"] * 47 + ["host-b"] * 3)
+    recs = [dataclasses.replace(r, partition=int(i < 10), offset=i, timestamp_ms=t0 + (i >= 10) * 60_000 + i)
+            for i, r in enumerate(recs)]
+
+    def incidents(messages: list, event: str) -> list[str]:  # type: ignore[type-arg]
+        """The ids of the incidents the messages open (``open``) or end as idle (``idle``)."""
+        data = [json.loads(m.value)["data"] for m in messages if m.topic == topo.alerts.anomaly_topic]
+        return [d["incident"]["id"] for d in data
+                if d["incident"]["event"] == event or d["incident"].get("reason") == event]
+
+    assert "t:1:7" in incidents(monitor.process(recs[:10]).messages, "open"), "host-a's wild records open one"
+    assert incidents(monitor.process(recs[10:40]).messages + monitor.process(recs[40:57]).messages, "idle") == [], \
+        "partition 1 was not read further: host-a is not idle"
+    assert "t:0:57" in incidents(monitor.process(recs[57:]).messages, "open")
+    assert incidents(monitor.tick(), "idle") == [], "caught up, the producers' clock 30 s behind: nobody is idle yet"
+    time.sleep(2.2)
+    assert sorted(incidents(monitor.tick(), "idle")) == ["t:0:57", "t:1:7"], "two seconds of quiet: both are"
+
+
 @pytest.mark.parametrize("window", [2, 1])
 def test_the_reservoir_keeps_sampled_entities_whole_and_marks_what_the_model_flagged(
         redis_url: str, redis_prefix: str, window: int) -> None:
