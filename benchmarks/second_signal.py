@@ -10,7 +10,8 @@ eval) and score the result with the eval's threshold tracker and metrics.
   ``max(z_short, w * z_long)``.
 * ``count``: the same with the count of records above the held-out q-quantile among the last L
   instead of the rolling mean (each record counts once, however far above; session 10),
-  standardised by the held-out mean and sd of the count.
+  standardised by the held-out mean and sd of the count; ``gated``: the count lifts only records
+  whose own score is above a held-out quantile of it.
 * ``forecast``: a ridge forecaster of the next record from the last W (fitted on the first 80 % of
   train, min-max scaled on those rows; residual variance per feature on the last 20 %), scored
   ``sum_j log(1 + r_j^2 / (2 var_j))`` like the robust score; mixed with the VAE as
@@ -19,7 +20,7 @@ eval) and score the result with the eval's threshold tracker and metrics.
 
     python benchmarks/smd_asd_selection.py --data-root ../shared/data --seed S   # fills the cache
     python benchmarks/second_signal.py long --data-root ../shared/data --seeds 0,1,2
-    python benchmarks/second_signal.py count --data-root ../shared/data --seeds 0
+    python benchmarks/second_signal.py count --data-root ../shared/data --seeds 0   # and gated
     python benchmarks/second_signal.py forecast --data-root ../shared/data --seeds 0,1,2
 """
 
@@ -110,6 +111,20 @@ def variants(kind: str, *, data_root: Path, cache: Path, ds: str, entity: str, s
                     yield (f"max(short, {w} x count q{q} L={L})",
                            judged(np.maximum(zr, w * lr), np.maximum(zt, w * lt), label)[0])
         return
+    if kind == "gated":
+        zr, zt = on_held_out_scale(ref, test)
+        for q, L in ((0.9, 100), (0.95, 50), (0.95, 100)):
+            cut = np.quantile(ref, q)
+            cr, ct = rolling_mean((ref > cut).astype(float), L), rolling_mean((test > cut).astype(float), L)
+            mu, sd = cr.mean(), max(cr.std(), 1e-9)
+            lr, lt = (cr - mu) / sd, (ct - mu) / sd
+            for g in (0.5, 0.75, 0.9):
+                gate = np.quantile(zr, g)
+                for w in (0.5, 1.0):
+                    yield (f"gated {g}: max(short, {w} x count q{q} L={L})",
+                           judged(np.where(zr >= gate, np.maximum(zr, w * lr), zr),
+                                  np.where(zt >= gate, np.maximum(zt, w * lt), zt), label)[0])
+        return
     e = load_smd_like(data_root / ds, entity)
     fref, ftest = forecast_scores(np.asarray(e.train, float), np.asarray(e.test, float), W=5)
     n = min(len(ref), len(fref))  # both held-out tails end at the last training row
@@ -126,7 +141,7 @@ def variants(kind: str, *, data_root: Path, cache: Path, ds: str, entity: str, s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("kind", choices=("long", "count", "forecast"))
+    ap.add_argument("kind", choices=("long", "count", "gated", "forecast"))
     ap.add_argument("--data-root", type=Path, required=True, help="folder holding smd/ and asd/")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/stream-vae-selection"))
     ap.add_argument("--seeds", default="0")
