@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -27,6 +28,15 @@ def _monitor(topo: Topology, redis_url: str, redis_prefix: str, *,
     client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
     monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=checkpoint_s)
     return pipeline, monitor
+
+
+def _incident_monitor(name: str, idle_s: float, redis_url: str, redis_prefix: str) -> tuple[Topology, StreamMonitor]:
+    """A monitor with ``alerts.group: incident``, no cool-down, ``incident_idle_s`` and the periodic work
+    after every batch."""
+    base = iid_topology(fpr=0.002)
+    topo = base.model_copy(update={"name": name, "alerts": base.alerts.model_copy(
+        update={"group": "incident", "cooldown_s": 0.0, "incident_idle_s": idle_s})})
+    return topo, _monitor(topo, redis_url, redis_prefix, checkpoint_s=0.0)[1]
 
 
 def test_an_incident_whose_every_alert_was_held_back_ends_without_a_resolve(
@@ -68,12 +78,7 @@ def test_a_backlog_is_judged_idle_by_its_own_timestamps_not_by_the_clock(
     recovery) are less than a second of Kafka time later, so the incident ends as recovered, not as
     idle (on the worker's clock it had been idle). Read further, records 5 s of Kafka time later end a
     second incident of host-a as idle at once, though hardly any time passed on the clock."""
-    import dataclasses
-
-    base = iid_topology(fpr=0.002)
-    topo = base.model_copy(update={"name": "lag", "alerts": base.alerts.model_copy(
-        update={"group": "incident", "cooldown_s": 0.0, "incident_idle_s": 1.0})})
-    _, monitor = _monitor(topo, redis_url, redis_prefix, checkpoint_s=0.0)
+    _, monitor = _incident_monitor("lag", 1.0, redis_url, redis_prefix)
     t0 = int(time.time() * 1000) - 60_000
     X = iid_stream(80, 2)
     keys = ["host-a"] * 13 + ["host-b"] * 20 + ["host-a"] * 4 + ["host-a"] * 3 + ["host-b"] * 40
@@ -104,12 +109,7 @@ def test_idle_time_is_measured_per_partition_in_the_producers_clock(redis_url: s
     (judged by the batch's partitions, as before, it was). host-b (partition 0) opens an incident with
     the last record: once the consumer has caught up, the 30 s between the clocks do not make it idle
     at once (judged by the worker's clock, they did), but two seconds of quiet do, host-a's too."""
-    import dataclasses
-
-    base = iid_topology(fpr=0.002)
-    topo = base.model_copy(update={"name": "skew", "alerts": base.alerts.model_copy(
-        update={"group": "incident", "cooldown_s": 0.0, "incident_idle_s": 2.0})})
-    _, monitor = _monitor(topo, redis_url, redis_prefix, checkpoint_s=0.0)
+    topo, monitor = _incident_monitor("skew", 2.0, redis_url, redis_prefix)
     t0 = int(time.time() * 1000) - 90_000
     X = iid_stream(60, 3)
     X[7:10] += 40.0
