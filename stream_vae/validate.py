@@ -46,7 +46,10 @@ class Validator:
         times: list[Any] = []
         rejected: list[Rejection] = []
         for rec in records:
-            outcome = self._one(rec)
+            try:
+                outcome = self._one(rec)
+            except Exception as exc:  # a record we failed to foresee goes to the DLQ, never stops the worker
+                outcome = Rejection(rec, "unreadable", f"could not read the record: {type(exc).__name__}: {exc}"[:300])
             if isinstance(outcome, Rejection):
                 rejected.append(outcome)
                 continue
@@ -69,6 +72,8 @@ class Validator:
         except (ValueError, UnicodeDecodeError) as exc:
             reason = "non_finite" if "non-finite" in str(exc) else "invalid_json"
             return Rejection(rec, reason, f"not valid JSON: {exc}"[:300])
+        except RecursionError:  # a few KB of "[[[[..." nest deeper than the parser recurses
+            return Rejection(rec, "invalid_json", "not valid JSON: nested too deeply")
         if not isinstance(obj, dict):
             return Rejection(rec, "not_object", f"expected a JSON object, got {type(obj).__name__}")
         extra = set(obj) - self._allowed
@@ -88,7 +93,10 @@ class Validator:
                     return Rejection(rec, "wrong_type", f"field '{f.name}' must be a number, got {v!r:.40}")
                 if f.type == "int" and isinstance(v, float) and not v.is_integer():
                     return Rejection(rec, "wrong_type", f"field '{f.name}' must be an integer, got {v!r}")
-                x = float(v)
+                try:
+                    x = float(v)
+                except OverflowError:  # an integer literal of hundreds of digits
+                    return Rejection(rec, "non_finite", f"field '{f.name}' is too large for a float")
                 if not math.isfinite(x):
                     return Rejection(rec, "non_finite", f"field '{f.name}' is not finite")
             if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
@@ -101,6 +109,7 @@ class Validator:
                 return Rejection(rec, "missing_field", f"key field '{topo.key_field}' is missing or null")
             key = str(k)
         elif rec.key is not None:
-            key = rec.key.decode("utf-8", "replace")
+            # binary keys (serialised integers) stay distinct: an invalid byte becomes \xNN, not U+FFFD
+            key = rec.key.decode("utf-8", "backslashreplace")
         ts = obj.get(topo.timestamp_field) if topo.timestamp_field else None
         return row, key, ts

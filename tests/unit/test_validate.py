@@ -71,3 +71,46 @@ def test_mixed_batch_keeps_arrival_order() -> None:
     ok, bad = Validator(TOPO).validate(recs)
     assert ok.X[:, 0].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
     assert [r.record.offset for r in bad] == [1, 3, 5, 7, 9]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        # an integer literal of 400 digits: json parses it, float() overflows
+        (b'{"k": "e", "ts": 1, "a": ' + b"1" * 400 + b', "b": 1, "n": 1, "flag": false}', "non_finite"),
+        # 40 KB of nesting, under max_record_bytes: deeper than the JSON parser recurses
+        (b'{"k": "e", "a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "invalid_json"),
+    ],
+)
+def test_records_that_break_the_parser_are_rejected_not_raised(value: bytes, reason: str) -> None:
+    """Inputs that raised OverflowError / RecursionError out of the validator (and so out of the
+    worker's batch, again after each restart) are dead letters with a reason."""
+    topo = TOPO.model_copy(update={"max_record_bytes": 65_536})
+    ok, bad = Validator(topo).validate([RawRecord(value), RawRecord(json.dumps(GOOD).encode())])
+    assert [r.reason for r in bad] == [reason] and len(ok) == 1
+
+
+def test_binary_kafka_keys_stay_distinct() -> None:
+    """Without key_field the entity is the Kafka key. Keys that are not UTF-8 (a serialised long:
+    128 and 129) must not collapse into one entity, as they did with U+FFFD replacement."""
+    topo = parse_topology({"name": "t", "input_topic": "in", "features": [{"name": "a"}]})
+    recs = [RawRecord(b'{"a": 1}', n.to_bytes(8, "big")) for n in (128, 129, 128)]
+    ok, _ = Validator(topo).validate(recs)
+    assert ok.keys[0] == ok.keys[2] != ok.keys[1]
+
+
+def test_an_unforeseen_error_on_one_record_rejects_that_record_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety net: whatever a record makes the validator raise, it becomes a dead letter
+    ("unreadable", naming the error) and the rest of the batch is scored."""
+    v = Validator(TOPO)
+    real = v._one
+
+    def fragile(rec: RawRecord) -> object:
+        if rec.offset == 1:
+            raise RuntimeError("boom")
+        return real(rec)
+
+    monkeypatch.setattr(v, "_one", fragile)
+    ok, bad = v.validate([RawRecord(json.dumps(GOOD).encode(), offset=i) for i in range(3)])
+    assert len(ok) == 2 and [(r.record.offset, r.reason) for r in bad] == [(1, "unreadable")]
+    assert "RuntimeError: boom" in bad[0].detail
