@@ -36,16 +36,22 @@ def lru_slot(table: OrderedDict[str, V], key: str, make: Callable[[], V], max_en
 
 
 def entity_groups(keys: Sequence[str]) -> dict[str, np.ndarray[Any, np.dtype[np.intp]]]:
-    """Row indices of each key, in arrival order (one group without sorting when all keys agree)."""
+    """Row indices of each key, in arrival order; the keys in sorted order.
+
+    Plain Python grouping: a numpy string array would drop a key's trailing NUL characters.
+
+    >>> {k: v.tolist() for k, v in entity_groups(["b", "a\\0", "b", "a"]).items()}
+    {'a': [3], 'a\\x00': [1], 'b': [0, 2]}
+    """
     if len(keys) == 0:
         return {}
     first = keys[0]
     if all(k == first for k in keys):
         return {first: np.arange(len(keys))}
-    uniq, inv = np.unique(np.asarray(keys), return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    parts = np.split(order, np.cumsum(np.bincount(inv))[:-1])
-    return {str(u): idx for u, idx in zip(uniq, parts, strict=True)}
+    rows: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        rows.setdefault(k, []).append(i)
+    return {k: np.asarray(rows[k], dtype=np.intp) for k in sorted(rows)}
 
 
 def pick(table: Mapping[str, V], keys: Collection[str] | None) -> Iterator[tuple[str, V]]:
