@@ -116,7 +116,8 @@ class Windower:
         if self.window == 1:
             return X
         out = np.empty((len(X), X.shape[1] * self.window), dtype=np.float64)
-        for i, (row, key) in enumerate(zip(X, keys, strict=True)):
+        for i, (view, key) in enumerate(zip(X, keys, strict=True)):
+            row = view.copy()  # a view would keep the whole batch alive while the entity's buffer holds it
             buf = lru_slot(self._buffers, key, partial(self._start, row), self.max_entities)
             buf.append(row)
             out[i] = np.concatenate(list(buf))
@@ -273,7 +274,7 @@ class SeasonalDiffer:
             hist = lru_slot(self._history, key, partial(deque, maxlen=self.period), self.max_entities)
             if len(hist) == self.period:
                 d[i] = row - hist[0]
-            hist.append(np.asarray(row, dtype=np.float64))
+            hist.append(np.array(row, dtype=np.float64))  # a copy: a view would keep the whole batch alive
         out: FloatArray = np.hstack([X, d])
         return out
 

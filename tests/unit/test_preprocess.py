@@ -147,3 +147,13 @@ def test_windows_of_another_length_are_not_restored() -> None:
     same = Windower(2)
     same.restore(old.snapshot())
     assert same.snapshot() == old.snapshot()
+
+
+def test_buffered_rows_do_not_keep_their_batch_alive() -> None:
+    """An entity that goes quiet keeps its last rows; as views they kept the whole batch matrix (5000
+    rows here) in memory, for every quiet entity's last batch."""
+    X = np.random.default_rng(0).normal(size=(5000, 4))
+    w, s = Windower(3), SeasonalDiffer(2)
+    w.transform(X, ["a"] * 5000)
+    s.transform(X, ["a"] * 5000)
+    assert all(r.base is None for r in w._buffers["a"]) and all(r.base is None for r in s._history["a"])
