@@ -375,7 +375,10 @@ class ThresholdTracker:
     max_spread_ratio
         Bound on how much the spread may grow or shrink relative to the reference.
     max_entities
-        Entities tracked at once; the least recently seen is forgotten beyond it.
+        Entities tracked at once; the least recently seen is forgotten beyond it. The same bound as
+        every other per-entity table of the pipeline and :class:`~stream_vae.state.EntityCheckpoints`:
+        an entity forgotten here alone would not be read back from its checkpoint, and would start
+        again from the calibrated threshold (about 4 KB per entity at 256 bins).
 
     Examples
     --------
@@ -399,7 +402,7 @@ class ThresholdTracker:
         bins: int = 256,
         quantiles: tuple[float, float] = (0.5, 0.9),
         max_spread_ratio: float = 2.0,
-        max_entities: int = 10_000,
+        max_entities: int = 100_000,
     ) -> None:
         self.calibrator = calibrator
         self.bins = bins

@@ -463,3 +463,18 @@ def test_an_incident_is_announced_only_by_its_own_published_alert() -> None:
     assert (key, inc, n, told) == ("a", "t:0:6", 2, True)
     again = tracker.select(batch, flagged, np.zeros(8, dtype=bool))
     assert [told for *_, told in again.ends] == [False, False]
+
+
+def test_every_per_entity_table_forgets_at_the_same_bound_as_the_checkpoints() -> None:
+    """An entity one table forgot while the checkpoints still count it as held is never read back from
+    Redis: with more than 10,000 entities the threshold tracker (then bounded at 10,000, the rest at
+    100,000) dropped entities' adaptive thresholds for good."""
+    import inspect
+
+    from stream_vae.state import EntityCheckpoints
+
+    pipe = Pipeline(iid_topology(), loaded(train_model(iid_stream(600, 0), iid_topology())))
+    tables = [pipe.seasonal, pipe.windower, pipe.incidents, pipe._active.smoother, pipe._active.tracker,
+              pipe._active.ranges]
+    bound = inspect.signature(EntityCheckpoints).parameters["max_entities"].default
+    assert {type(t).__name__: t.max_entities for t in tables} == {type(t).__name__: bound for t in tables}
