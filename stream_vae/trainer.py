@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -44,17 +45,40 @@ class Validation:
         return {"alert_rate": round(self.alert_rate, 6), "nll_raw": round(self.nll_raw, 4)}
 
 
+def _as_fields(topology: Topology, row: list[float]) -> dict[str, Any]:
+    """A reservoir row (float32) as the record fields it came from: booleans as booleans, and values
+    back inside the feature's bounds (0.3 comes back as 0.30000001, past a ``max`` of 0.3)."""
+    out: dict[str, Any] = {}
+    for f, v in zip(topology.features, row, strict=True):
+        if f.type == "bool":
+            out[f.name] = v >= 0.5
+            continue
+        x = min(max(v, -math.inf if f.min is None else f.min), math.inf if f.max is None else f.max)
+        out[f.name] = round(x) if f.type == "int" else x
+    return out
+
+
 def replay(topology: Topology, model: LoadedModel, X: FloatArray, keys: list[str]) -> BatchOutcome:
     """Run rows through a fresh ``Pipeline`` on ``model`` exactly as a worker would (validation,
-    windows, scaling, smoothing, per-entity thresholds), in arrival order."""
+    windows, scaling, smoothing, per-entity thresholds), in arrival order.
+
+    Raises
+    ------
+    ValueError
+        A row failed validation (every row must score, to stay aligned with its ``normal`` mark).
+    """
     kf = topology.key_field
-    names = topology.feature_names
     records = [
-        RawRecord(json.dumps({**({kf: k} if kf else {}), **dict(zip(names, row, strict=True))}).encode(),
+        RawRecord(json.dumps({**({kf: k} if kf else {}), **_as_fields(topology, row)}).encode(),
                   k.encode(), "replay", 0, i)
         for i, (row, k) in enumerate(zip(X.tolist(), keys, strict=True))
     ]
-    return Pipeline(topology, model).process_batch(records)
+    out = Pipeline(topology, model).process_batch(records)
+    if out.rejections:
+        r = out.rejections[0]
+        raise ValueError(f"{len(out.rejections)} reservoir records failed validation on replay, e.g. {r.reason}: "
+                         f"{r.detail} (was the topology's feature list changed?)")
+    return out
 
 
 def evaluate(topology: Topology, model: LoadedModel, recent: Recent) -> Validation:
@@ -139,6 +163,9 @@ class Trainer:
             msgs = self._threshold(topo, data) if kind == "threshold" else self._retrain(topo, data)
             outcome = "activated" if b'"activate"' in msgs[0][1] else "refused"
         except TrainingAborted:
+            # the request is not committed: the trainer that gets it next must not take it for a duplicate
+            if episode:
+                self.registry.client.delete(f"{self.registry.prefix}:{topo.name}:trainer:episode:{episode}")
             log.info("recalibrate_aborted", stream=topo.name, episode=episode)
             return []
         except Exception as exc:  # a failed attempt is reported, the trainer keeps serving
@@ -180,7 +207,7 @@ class Trainer:
         cal = Calibrator.from_spec(topo.calibration).infer_threshold(scores)
         model = TrainedModel(topo, active.scorer.vae, active.scaler, cal,
                              {**active.reference, "score_mean": float(scores.mean()), "score_std": float(scores.std())},
-                             n_train=len(scores))
+                             n_train=len(scores), seasonal_period=active.seasonal_period)
         return [self._register(topo, model, active, {"kind": "threshold", "records": len(scores)})]
 
     def _retrain(self, topo: Topology, data: dict[str, Any]) -> list[tuple[str, bytes]]:
@@ -196,9 +223,10 @@ class Trainer:
                              progress=self._check_stop)
         cand = load_artifact(to_artifact(cand_t, "candidate"), topology=topo)
         v_new, v_old = evaluate(topo, cand, hold), evaluate(topo, active, hold)
-        # models that see different inputs (a seasonal period added, dropped or changed) have likelihoods
-        # of different things: only the flag-rate gate, and the live swap guard, can judge between them
-        comparable = cand.seasonal_period == active.seasonal_period
+        # models that see different inputs (a seasonal period or a window added, dropped or changed) have
+        # likelihoods of different things (a window's density grows with its length): only the flag-rate
+        # gate, and the live swap guard, can judge between them
+        comparable = cand.seasonal_period == active.seasonal_period and cand.window == active.window
         evidence = {"kind": "retrain", "records": len(got), "normal": int(got.normal.sum()), "holdout": n_hold,
                     "candidate": v_new.as_dict(), "active": v_old.as_dict(), "nll_compared": comparable}
         baseline = float(data.get("baseline_alert_rate") or 0.0)

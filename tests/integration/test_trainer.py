@@ -140,3 +140,87 @@ def test_a_candidate_with_another_seasonal_period_is_not_judged_by_a_likelihood_
     assert ev["action"] == "activate", ev
     assert registry.load("tr", str(ev["version"])).seasonal_period == 24
 
+
+
+def test_a_threshold_recalibration_keeps_the_seasonal_period(setup) -> None:  # type: ignore[no-untyped-def]
+    """A threshold-only version of a seasonal model must still difference its inputs: it was registered
+    with seasonal_period 0, and every worker that swapped to it failed on its first batch (rows of
+    8 features for a scaler of 16)."""
+    from stream_vae.hotswap import warm_up
+    from stream_vae.pipeline import Pipeline
+    from stream_vae.testing import raw_records
+
+    _, registry, res, _ = setup
+    seasonal = synth_topology("tr", epochs=3, retrain={"min_records": 2000, "buffer_size": 5000},
+                              model={"latent_dim": 3, "hidden": [32, 16], "epochs": 3, "kl_warmup_epochs": 1,
+                                     "learning_rate": 0.003, "seasonal_period": 24})
+    registry.register(quick_model(seasonal, steps=1000), activate=True)
+    s = generate(n_steps=500, t0=1000, seed=3, drift_at=1000)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
+    ev = _event(Trainer({"tr": seasonal}, registry=registry), {"stream": "tr", "kind": "threshold",
+                                                               "since_ms": now, "episode": "e-st"})
+    assert ev["action"] == "activate", ev
+    new = registry.load("tr", str(ev["version"]), topology=seasonal)
+    assert new.seasonal_period == 24
+    warm_up(new)
+    rows = [{"entity": e, "ts": 0, **dict(zip(seasonal.feature_names, map(float, x), strict=True))}
+            for x, e in zip(s.X[:50], s.entities[:50], strict=True)]
+    assert len(Pipeline(seasonal, new).process_batch(raw_records(rows)).scored) == 50
+
+
+def test_bool_features_and_values_on_a_bound_replay(setup) -> None:  # type: ignore[no-untyped-def]
+    """The reservoir keeps float32 rows; the trainer's replay validated them again as JSON, so a bool
+    feature (1.0 is not a boolean) rejected every record and a value on a bound (0.3 stored as
+    0.30000001, max 0.3) rejected some, misaligning the rest: recalibration always failed."""
+    from stream_vae.model.train import train_model
+    from stream_vae.topology import parse_topology
+
+    _, registry, res, _ = setup
+    topo = parse_topology({
+        "name": "tr", "input_topic": "in", "key_field": "entity",
+        "features": [{"name": "f0"}, {"name": "ratio", "min": 0, "max": 0.3}, {"name": "up", "type": "bool"}],
+        "model": {"epochs": 2, "kl_warmup_epochs": 1, "hidden": [16, 8], "latent_dim": 2, "ensemble": 1},
+        "calibration": {"fpr": 0.02}, "retrain": {"min_records": 600, "buffer_size": 5000}})
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=1500), np.where(rng.random(1500) < 0.2, 0.3, rng.uniform(0, 0.3, 1500)),
+                         (rng.random(1500) > 0.5).astype(float)])
+    registry.register(train_model(X, topo, entities=["a"] * 1500), activate=True)
+    res = Reservoir(registry.client, prefix=registry.prefix, stream="tr", n_features=3, buffer_size=5000)
+    now = int(time.time() * 1000)
+    res.add(X[:1000], ["a"] * 1000, [now] * 1000, [True] * 1000)
+    trainer = Trainer({"tr": topo}, registry=registry)
+    ev = _event(trainer, {"stream": "tr", "kind": "threshold", "since_ms": now, "episode": "e-thr"})
+    assert ev["action"] == "activate", ev
+    ev = _event(trainer, {"stream": "tr", "kind": "retrain", "since_ms": now, "episode": "e-re",
+                          "baseline_alert_rate": 0.02})
+    # same regime as the active model: the gates may well keep it; what matters is that they judged
+    assert ev["action"] == "activate" or str(ev["reason"]).startswith("candidate "), ev
+
+
+def test_a_window_changed_since_the_active_model_is_not_judged_by_likelihood(setup) -> None:  # type: ignore[no-untyped-def]
+    """The density of a window of 4 records is not comparable with that of 1: the topology moved to
+    window 4 and the candidate was refused on NLL (81.4 > 22.6) though it fits each record better."""
+    topo, registry, res, _ = setup
+    windowed = topo.model_copy(update={"window": 4})
+    s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
+    ev = _event(Trainer({"tr": windowed}, registry=registry), {"stream": "tr", "kind": "retrain", "since_ms": now,
+                                                               "episode": "e-w", "baseline_alert_rate": 0.01})
+    assert ev["action"] == "activate", ev
+
+
+def test_a_request_aborted_by_a_shutdown_is_handled_by_the_next_trainer(setup) -> None:  # type: ignore[no-untyped-def]
+    """The trainer stops mid-training (SIGTERM): the request is not committed, and the next trainer
+    that gets it must train, not take it for a duplicate of the aborted attempt."""
+    topo, registry, res, _ = setup
+    s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
+    data = {"stream": "tr", "kind": "retrain", "since_ms": now, "episode": "e-abort", "baseline_alert_rate": 0.01}
+    first = Trainer({"tr": topo}, registry=registry)
+    first.stopping.set()
+    assert first.handle(data) == []
+    ev = _event(Trainer({"tr": topo}, registry=registry), data)
+    assert ev["action"] == "activate", ev
