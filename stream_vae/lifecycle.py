@@ -142,7 +142,10 @@ class DriftPolicy:
         return self.store.get(self._key("episode"))
 
     def on_signals(self, signals: Sequence[DriftSignal], *, model_version: str,
-                   baseline_alert_rate: float = 0.0) -> PolicyDecision:
+                   baseline_alert_rate: float = 0.0, stream_ms: int | None = None) -> PolicyDecision:
+        """``stream_ms``: the Kafka time the batch reached (default: the clock). The request's ``since_ms``
+        is compared with the reservoir's Kafka timestamps, so a worker reading a backlog must not put
+        it at its own clock, after every record it has still to read."""
         if not signals:
             return PolicyDecision(None, [], None)
         spec = self.topology.drift
@@ -158,7 +161,7 @@ class DriftPolicy:
                 reason=f"drift in {', '.join(tests)}",
                 kind=kind,
                 episode=new_id,
-                since_ms=int(self.clock() * 1000),
+                since_ms=int(self.clock() * 1000) if stream_ms is None else stream_ms,
                 model_version=model_version,
                 baseline_alert_rate=baseline_alert_rate,
                 evidence=[s.data() for s in signals],

@@ -279,7 +279,8 @@ class StreamMonitor:
                 )
                 signals += [dataclasses.replace(g, offset=out.scored[idx[-1]].offset) for g in found]
             decision = self.policy.on_signals(signals, model_version=model.version,
-                                              baseline_alert_rate=round(self.baseline_rate, 6))
+                                              baseline_alert_rate=round(self.baseline_rate, 6),
+                                              stream_ms=None if batch_time is None else int(batch_time * 1000))
             if decision.opened:
                 episode = decision.opened
                 metrics.DRIFT_STATE.labels(topo.name).set(1)

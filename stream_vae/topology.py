@@ -180,6 +180,17 @@ class RetrainSpec(_Strict):
     max_train_seconds: float = Field(default=300.0, gt=0)
     wait_timeout_s: float = Field(default=1800.0, gt=0, description="give up waiting for post-drift records")
 
+    @model_validator(mode="after")
+    def _enough_to_train(self) -> RetrainSpec:
+        # the trainer holds out max(50, fraction) of the records and trains on the rest, which needs 100 rows
+        fit = self.min_records - max(50, int(self.min_records * self.holdout_fraction))
+        if fit < 100:
+            raise ValueError(
+                f"retrain.min_records {self.min_records} with holdout_fraction {self.holdout_fraction} leaves {fit} "
+                "records to train on; a model needs at least 100: raise min_records or lower holdout_fraction"
+            )
+        return self
+
 
 class GuardSpec(_Strict):
     """After a swap: roll back automatically if the new version alerts far beyond its budget."""

@@ -52,6 +52,16 @@ def test_one_episode_one_request_until_timeout() -> None:
     assert later.opened and later.recalibrate is not None and later.recalibrate.since_ms == int(clock.t * 1000)
 
 
+def test_a_request_starts_at_the_kafka_time_the_worker_reached() -> None:
+    """A worker reading a two-hour backlog detects the drift in records two hours old: the request's
+    since_ms must be their Kafka time, which the reservoir's timestamps are compared with, not the
+    worker's clock (then no record it had still to read counted, and the retrain was refused)."""
+    pol, clock = _policy()
+    backlog_ms = int(clock.t * 1000) - 7_200_000
+    d = pol.on_signals([_sig("latent")], model_version="v1", stream_ms=backlog_ms)
+    assert d.recalibrate is not None and d.recalibrate.since_ms == backlog_ms
+
+
 def test_cooldown_limits_recalibration_requests() -> None:
     """A new episode inside the cool-down raises drift alerts but no second recalibration request."""
     pol, clock = _policy(cooldown_s=500, episode_timeout_s=10)

@@ -42,6 +42,9 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
         ({"model": {"seasonal_period": -1}}, "model.seasonal_period"),
         ({"model": {"seasonal_period": "daily"}}, "model.seasonal_period"),
         ({"model": {"seasonal_min_correlation": 1.0}}, "model.seasonal_min_correlation"),
+        # 100 records, 50 held out: too few left to train on (every retrain failed at run time)
+        ({"retrain": {"min_records": 100}}, "retrain"),
+        ({"retrain": {"min_records": 500, "holdout_fraction": 0.89}}, "retrain"),
     ],
 )
 def test_bad_values_are_rejected(patch: dict[str, object], field: str) -> None:
