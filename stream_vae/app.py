@@ -21,6 +21,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_vae.config import Settings
+from stream_vae.exceptions import ModelLoadError
 from stream_vae.hotpath import HotLoop
 from stream_vae.hotswap import ModelSlot, listen_control, model_event
 from stream_vae.model import set_torch_threads
@@ -72,7 +73,11 @@ class Rollbacks:
         lock = f"{self.registry.prefix}:{name}:rollback:{bad}"
         won = await asyncio.to_thread(self.registry.client.set, lock, "1", nx=True, ex=3600)
         if won and await asyncio.to_thread(self.registry.active_version, name) == bad:
-            _, prev = await asyncio.to_thread(self.registry.rollback, name)
+            try:
+                _, prev = await asyncio.to_thread(self.registry.rollback, name)
+            except ModelLoadError as exc:  # nothing to go back to: keep serving, say so
+                log.error("rollback_impossible", version=bad, reason=verdict.reason, error=str(exc))
+                return
             digest = (await asyncio.to_thread(self.registry.get, name, prev)).manifest["sha256"]
             if self.loop is not None:
                 await self.loop.publish([Message(

@@ -113,7 +113,10 @@ class ModelSlot:
             self._last_check = now
             active = await asyncio.to_thread(self.registry.active_version, self.topology.name)
             if active:
-                target = (active, False)
+                # the pointer moved back to an earlier version: a rollback whose event has not come yet
+                # (another worker rolled back). Not guarded: guarding it would name the bad version as the
+                # one to return to.
+                target = (active, _sequence(active) < _sequence(self.pipeline.model.version))
         if target is None or target[0] == self.pipeline.model.version or target[0] in self._refused:
             return False
         version, rollback = target
@@ -170,3 +173,12 @@ async def listen_control(settings_kafka: Any, topology: Topology, slot: ModelSlo
             continue
         log.info("control_model", action=data["action"], version=data.get("version"))
         slot.request(str(data["version"]), rollback=data["action"] == "rollback")
+
+
+def _sequence(version: str) -> int:
+    """A registry version's place in registration order (``v7`` -> 7; -1 for another name).
+
+    >>> _sequence("v12") > _sequence("v9"), _sequence("custom")
+    (True, -1)
+    """
+    return int(version[1:]) if version[:1] == "v" and version[1:].isdigit() else -1

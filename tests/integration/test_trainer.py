@@ -224,3 +224,38 @@ def test_a_request_aborted_by_a_shutdown_is_handled_by_the_next_trainer(setup) -
     assert first.handle(data) == []
     ev = _event(Trainer({"tr": topo}, registry=registry), data)
     assert ev["action"] == "activate", ev
+
+
+def test_a_rollback_seen_by_polling_is_not_guarded_and_an_impossible_one_keeps_the_worker(setup) -> None:  # type: ignore[no-untyped-def]
+    """Worker B serves v2 when worker A rolls the stream back to v1. If B sees the registry's pointer
+    before A's rollback event, it swapped to v1 as to a new model: its guard then watched v1 with v2
+    (the bad version) as the one to return to. It is a rollback. And a guard that fails with no
+    version left to roll back to logs it and keeps the worker serving (it raised out of the hot loop)."""
+    import asyncio
+
+    from stream_vae.app import Rollbacks
+    from stream_vae.hotswap import ModelSlot
+    from stream_vae.lifecycle import GuardVerdict
+    from stream_vae.monitor import Emission
+
+    topo, registry, _, _ = setup
+    registry.register(quick_model(topo, steps=1000), activate=True)  # v2
+    swaps: list[tuple[str, str, bool]] = []
+
+    async def run() -> None:
+        slot = ModelSlot(registry, topo, poll_s=0.0)
+        await slot.wait_for_model()
+        slot.on_swap = lambda old, new, rollback: swaps.append((old.version, new.version, rollback))
+        assert registry.rollback("tr") == ("v2", "v1")  # worker A's rollback; its event is still on the way
+        while not swaps:
+            await slot.check(force=True)
+            await asyncio.sleep(0.05)
+        assert slot.pipeline is not None
+        # v1 fails its guard too, and the registry has no earlier version
+        verdict = GuardVerdict(rollback=True, reason="flags 10x the budget", alert_rate=0.05, records=3000)
+        await Rollbacks(registry, slot, topo).after_batch(Emission(slot.pipeline.process_batch([]), [],
+                                                                   rollback=verdict))
+        assert slot.pipeline.model.version == "v1"
+
+    asyncio.run(run())
+    assert swaps == [("v2", "v1", True)]
