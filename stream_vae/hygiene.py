@@ -52,9 +52,19 @@ class AlertGate:
             for a in keep:
                 if a.incident_event != "escalate" and (a.key not in best or a.score > best[a.key].score):
                     best[a.key] = a
+            # The slot holds the record that took it, so a worker that crashed after claiming and before
+            # publishing (the batch is not committed) publishes that alert again when the records are
+            # replayed, whatever the batching then, rather than finding its own slot taken.
             keys = list(best)
-            won = self.store.set_many_if_absent(
-                [f"{self.prefix}:{self.topology.name}:cool:{k}" for k in keys], spec.cooldown_s
+            holders = self.store.claim_many(
+                [f"{self.prefix}:{self.topology.name}:cool:{k}" for k in keys], [_where(best[k]) for k in keys],
+                spec.cooldown_s,
             ) if keys else []
-            keep = [best[k] for k, ok in zip(keys, won, strict=True) if ok] + escalations
+            holder = dict(zip(keys, holders, strict=True))
+            keep = [a for a in keep if a.incident_event != "escalate" and holder[a.key] == _where(a)] + escalations
         return keep, len(alerts) - len(keep)
+
+
+def _where(alert: Alert) -> str:
+    """The alerted record's place in Kafka: the same when a restarted worker replays it."""
+    return f"{alert.topic}:{alert.partition}:{alert.offset}"

@@ -25,7 +25,7 @@ class EpisodeStore(Protocol):
     """Shared per-stream flags with expiry (Redis ``SET NX PX`` in production)."""
 
     def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool: ...
-    def set_many_if_absent(self, keys: Sequence[str], ttl_s: float) -> list[bool]: ...
+    def claim_many(self, keys: Sequence[str], values: Sequence[str], ttl_s: float) -> list[str]: ...
     def get(self, key: str) -> str | None: ...
     def delete(self, key: str) -> None: ...
 
@@ -43,8 +43,9 @@ class MemoryEpisodeStore:
         self._d[key] = (value, self._clock() + ttl_s)
         return True
 
-    def set_many_if_absent(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
-        return [self.set_if_absent(k, "1", ttl_s) for k in keys]
+    def claim_many(self, keys: Sequence[str], values: Sequence[str], ttl_s: float) -> list[str]:
+        """Set each free key to its value; return each key's holder (its value, where it was free)."""
+        return [v if self.set_if_absent(k, v, ttl_s) else str(self.get(k)) for k, v in zip(keys, values, strict=True)]
 
     def get(self, key: str) -> str | None:
         v = self._d.get(key)
@@ -66,11 +67,14 @@ class RedisEpisodeStore:
     def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
         return bool(self.client.set(key, value, nx=True, px=max(1, int(ttl_s * 1000))))
 
-    def set_many_if_absent(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
+    def claim_many(self, keys: Sequence[str], values: Sequence[str], ttl_s: float) -> list[str]:
+        """Set each free key to its value; return each key's holder (its value, where it was free). One round trip."""
         pipe = self.client.pipeline(transaction=False)
-        for k in keys:
-            pipe.set(k, "1", nx=True, px=max(1, int(ttl_s * 1000)))
-        return [bool(r) for r in pipe.execute()]
+        for k, v in zip(keys, values, strict=True):
+            pipe.set(k, v, nx=True, px=max(1, int(ttl_s * 1000)))
+            pipe.get(k)
+        held = pipe.execute()[1::2]
+        return [h.decode() if isinstance(h, bytes) else str(h) for h in held]
 
     def get(self, key: str) -> str | None:
         v = self.client.get(key)

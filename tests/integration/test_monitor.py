@@ -169,3 +169,27 @@ def test_the_reservoir_keeps_sampled_entities_whole_and_marks_what_the_model_fla
         np.testing.assert_allclose(got.X[theirs], X[mine], rtol=1e-6)  # every record, in order
         assert got.normal[theirs].tolist() == (~flags[mine]).tolist()
     assert not got.normal.all(), "some kept records were flagged, and are marked"
+
+
+def test_an_alert_lost_to_a_crash_before_publishing_goes_out_on_the_replay(redis_url: str, redis_prefix: str) -> None:
+    """Default alerts (one per key per 60 s cool-down). A worker takes host-a's cool-down slot for its
+    alert and dies before publishing (so before committing); the restarted worker scores the same
+    records again and must publish that alert (at-least-once): the slot names the record that took
+    it. A later alert of host-a stays cooled down."""
+    topo = iid_topology().model_copy(update={"name": "crash"})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    X = iid_stream(40, 1)
+    X[20] += 40.0
+    X[35] += 40.0
+    recs = keyed_records(X, ["host-a"] * 40)
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+
+    def worker() -> StreamMonitor:
+        pipeline = Pipeline(topo, model)
+        return StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+
+    first = worker().process(recs[:30])
+    (alert,) = first.alerts  # the strongest of host-a's flagged records around row 20
+    assert recs[20].offset <= alert.offset < recs[30].offset
+    replayed = worker().process(recs)  # the restart polls a bigger batch: the same records and the next ones
+    assert [a.offset for a in replayed.alerts] == [alert.offset] and replayed.suppressed >= 1
