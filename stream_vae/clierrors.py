@@ -19,7 +19,8 @@ def fail(msg: str, code: int = 2) -> NoReturn:
 
 
 def friendly(fn: F) -> F:
-    """Bad config, missing files, an unreachable broker/Redis: one line on stderr, exit 2, no traceback."""
+    """Bad config, missing files, bad data in a file, an unreachable broker/Redis: one line on stderr,
+    exit 2, no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -29,6 +30,8 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except (StreamVAEError, FileNotFoundError) as exc:
             fail(str(exc))
+        except (ValueError, RuntimeError) as exc:  # bad data in a file (shapes, labels, NaN, a broken CSV)
+            fail(f"{type(exc).__name__}: {exc}")
         except ValidationError as exc:
             e = exc.errors()[0]
             loc = "__".join(str(p) for p in e["loc"]).upper()

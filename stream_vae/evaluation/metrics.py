@@ -252,7 +252,9 @@ def best_f1(
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = tp / n_pos
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    # F1 from the counts (one correctly rounded division), so equal F1s are equal floats and argmax
+    # keeps the documented tie rule; 2PR / (P + R) could differ in the last bit.
+    f1 = 2 * tp / (tp + fp + n_pos)
     best = int(np.argmax(f1))
     return float(f1[best]), float(thr[best]), float(precision[best]), float(recall[best])
 
@@ -495,6 +497,20 @@ def nab_window_indices(timestamps: ArrayLike, windows: Sequence[Window]) -> list
     return out
 
 
+def nab_scored_windows(timestamps: ArrayLike, windows: Sequence[Window], probationary_percent: float = 0.15) -> int:
+    """How many of a file's windows NAB scores: those that end after the probationary period (a window
+    inside it is neither found nor missed). The null and perfect detectors' scores count these.
+
+    Examples
+    --------
+    >>> nab_scored_windows(range(100), [(2, 5), (50, 60)])  # probation: the first 15 rows
+    1
+    """
+    ts = _as_timestamps(timestamps)
+    probation = nab_probation_length(ts.size, probationary_percent)
+    return sum(right >= probation for _, right in nab_window_indices(ts, windows))
+
+
 def nab_raw_score(
     detections: ArrayLike,
     timestamps: ArrayLike,
@@ -560,6 +576,8 @@ def nab_raw_score(
     in_window = np.zeros(det.size, dtype=np.bool_)
     for left, right in spans:
         in_window[left : right + 1] = True
+        if right < probation:  # NAB scores no window that ends inside the probationary period
+            continue
         width = right - left + 1
         first_scored = max(left, probation)
         hits = np.flatnonzero(det[first_scored : right + 1])

@@ -46,6 +46,7 @@ from stream_vae.evaluation.metrics import (
     hitrate_at_p,
     nab_probation_length,
     nab_raw_score,
+    nab_scored_windows,
     point_adjust,
 )
 from stream_vae.preprocess import seasonal_differences
@@ -384,8 +385,9 @@ def run_baseline(
 # --------------------------------------------------------------------------------------------
 
 
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(float(x), 4)
+def _num(x: float, digits: int = 4) -> float | None:
+    """A metric for JSON: rounded, or None where it is undefined (NaN is not JSON)."""
+    return None if x is None or not math.isfinite(x) else round(float(x), digits)
 
 
 def detection_metrics(
@@ -623,14 +625,15 @@ def _nab_scores(
     totals = {p: [0.0, 0.0, 0.0] for p in NAB_PROFILES}  # raw, null, perfect
     for s, r in zip(series, ratios, strict=True):
         det = alerted(r, tau, group)
+        scored = nab_scored_windows(s.timestamps, s.windows)
         row: dict[str, float] = {}
         for pname, prof in NAB_PROFILES.items():
             raw = nab_raw_score(det, s.timestamps, s.windows, prof)
             row[pname] = raw
             t = totals[pname]
             t[0] += raw
-            t[1] += -prof.fn_weight * len(s.windows)
-            t[2] += prof.tp_weight * len(s.windows)
+            t[1] += -prof.fn_weight * scored
+            t[2] += prof.tp_weight * scored
         per_file[s.name] = row
     norm = {
         p: (100.0 * (raw - null) / (perfect - null) if perfect != null else float("nan"))
@@ -649,9 +652,9 @@ def _nab_report(series: Sequence[NabSeries], traces: Sequence[StreamTrace], grou
             if p not in best or v > best[p][0]:
                 best[p] = (v, tau)
     free, free_files = _nab_scores(series, ratios, 1.0, group)
-    out: Metrics = {NAB_PROFILE_KEYS[p]: round(v, 2) for p, (v, _) in best.items()}
+    out: Metrics = {NAB_PROFILE_KEYS[p]: _num(v, 2) for p, (v, _) in best.items()}
     out["threshold_ratio"] = {NAB_PROFILE_KEYS[p]: tau for p, (_, tau) in best.items()}
-    out["label_free"] = {NAB_PROFILE_KEYS[p]: round(v, 2) for p, v in free.items()}
+    out["label_free"] = {NAB_PROFILE_KEYS[p]: _num(v, 2) for p, v in free.items()}
     std_tau = best["standard"][1]
     _, std_files = _nab_scores(series, ratios, std_tau, group)
     per_file: dict[str, Metrics] = {}

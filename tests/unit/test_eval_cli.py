@@ -64,6 +64,34 @@ def test_asd_and_nab_commands_print_their_objects(app: typer.Typer, tmp_path: Pa
         "member_windows": [4, 8], "ensemble": 2, "window": 8, "range_tolerance": 0.1}
 
 
+def test_bad_data_in_a_dataset_is_an_error_line_not_a_traceback(app: typer.Typer, tmp_path: Path) -> None:
+    """A label file of the wrong length, or NaN in a test split: 'error: ...', exit 2 (they raised
+    ValueError / RuntimeError tracebacks)."""
+    import numpy as np
+
+    smd = write_toy_smd(tmp_path / "smd", entities=("toy-1",), n_train=200, n_test=150)
+    (smd / "test_label" / "toy-1.txt").write_text("0\n" * 10)
+    res = CliRunner().invoke(app, ["eval", "smd", "--data-dir", str(smd), *FAST])
+    assert res.exit_code == 2 and "error: ValueError" in res.stderr, res.output
+    smd = write_toy_smd(tmp_path / "smd2", entities=("toy-1",), n_train=200, n_test=150)
+    test = np.load(smd / "test" / "toy-1.npy")
+    test[7, 1] = np.nan
+    np.save(smd / "test" / "toy-1.npy", test)
+    res = CliRunner().invoke(app, ["eval", "smd", "--data-dir", str(smd), "--baselines", "", *FAST])
+    assert res.exit_code == 2 and "non-finite" in res.stderr, res.output
+
+
+def test_nab_files_without_windows_print_valid_json(app: typer.Typer, tmp_path: Path) -> None:
+    """A selection with no labelled window has no NAB score: null in the JSON, not NaN (not JSON)."""
+    nab = write_toy_nab(tmp_path / "nab", n_files=1)
+    labels = next(nab.glob("labels/combined_windows.json"))
+    labels.write_text(json.dumps({k: [] for k in json.loads(labels.read_text())}))
+    res = CliRunner().invoke(app, ["eval", "nab", "--data-dir", str(nab), "--json", "--baselines", "", "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])  # json.loads accepts NaN: check the text too
+    assert doc["score_standard"] is None and "NaN" not in res.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -615,3 +615,22 @@ def test_baselines_reject_wrong_column_count() -> None:
     model = PCABaseline().fit(_correlated(50))
     with pytest.raises(ValueError, match="columns"):
         model.score(np.zeros((3, 5)))
+
+
+def test_nab_scores_no_window_that_ends_inside_the_probationary_period() -> None:
+    """NAB neither finds nor misses a window inside the first 15 % of a file: no detection costs
+    nothing there (it cost fn_weight), and such windows are out of the null and perfect totals."""
+    det = np.zeros(100, dtype=int)
+    assert M.nab_raw_score(det, range(100), [(2, 5)]) == 0.0
+    det[50] = 1  # the first row of the second window: a perfect detector
+    assert M.nab_raw_score(det, range(100), [(3, 5), (50, 60)]) == pytest.approx(1.0)
+    assert M.nab_scored_windows(range(100), [(3, 5), (50, 60)]) == 1
+
+
+def test_best_f1_ties_go_to_the_highest_threshold_even_when_2pr_over_p_plus_r_rounds_differently() -> None:
+    """Thresholds 0.4 and 0.2 both give F1 2/3; computed as 2PR/(P+R) the two differed in the last bit
+    and the lower one won, against the documented rule (and HitRate's points follow this threshold)."""
+    s = [0.4, 0.4, 0, 0.1, 0.4, 0.4, 0, 0, 0.3, 0.2, 0.3]
+    y = [0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0]
+    f1, thr, _, _ = M.best_f1(s, y, point_adjusted=False)
+    assert f1 == pytest.approx(2 / 3) and thr == 0.4
