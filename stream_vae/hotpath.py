@@ -17,15 +17,21 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from redis.exceptions import RedisError
 
 from stream_vae import metrics
 from stream_vae.config import Settings
+from stream_vae.exceptions import StateStoreError
 from stream_vae.monitor import Emission, Message, alert_messages, dlq_message
 from stream_vae.pipeline import Pipeline
 from stream_vae.records import RawRecord
 from stream_vae.topology import Topology
 
 log = structlog.get_logger("stream_vae.hotpath")
+
+# Redis unreachable (a failover, a restart): the batch is read again and retried, the worker lives on
+_REDIS_DOWN = (RedisError, StateStoreError, OSError)
+_RETRY_S = (0.5, 1.0, 2.0, 5.0)  # back-off between attempts, the last one repeated
 
 BatchHook = Callable[[Emission], Awaitable[None] | None]
 
@@ -192,16 +198,33 @@ class HotLoop:
         assert self._consumer is not None, "call start() first"
         consumer = self._consumer
         w = self.settings.worker
+        failures = 0
         try:
             while not self._stopping.is_set():
-                if self.before_batch is not None:
-                    await self.before_batch()
-                got = await consumer.getmany(timeout_ms=w.poll_timeout_ms, max_records=w.max_batch)
-                if not got:
-                    await self._tick()
-                    continue
-                async with self.batch_lock:
-                    await self._process(got)
+                try:
+                    if self.before_batch is not None:
+                        await self.before_batch()
+                    got = await consumer.getmany(timeout_ms=w.poll_timeout_ms, max_records=w.max_batch)
+                    if not got:
+                        await self._tick()
+                        continue
+                    async with self.batch_lock:
+                        try:
+                            await self._process(got)
+                        except _REDIS_DOWN:
+                            # not committed: read the batch again (at-least-once, as after a restart)
+                            for tp, msgs in got.items():
+                                if msgs and tp in consumer.assignment():
+                                    consumer.seek(tp, msgs[0].offset)
+                            raise
+                    failures = 0
+                except _REDIS_DOWN as exc:
+                    pause = _RETRY_S[min(failures, len(_RETRY_S) - 1)]
+                    failures += 1
+                    metrics.REDIS_ERRORS.labels(self.topology.name).inc()
+                    log.error("redis_unavailable_retrying", error=f"{type(exc).__name__}: {exc}"[:300],
+                              attempt=failures, retry_in_s=pause)
+                    await asyncio.sleep(pause)
         finally:
             await self.close()
 

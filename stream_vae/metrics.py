@@ -33,6 +33,9 @@ MODEL_VERSION = Gauge("stream_vae_model_loaded", "1 while a model is loaded", ["
 DRIFT_STATE = Gauge("stream_vae_drift_open", "1 while a drift episode is open", ["stream"])
 SWAPS = Counter("stream_vae_model_swaps_total", "Hot swaps to a new model version", ["stream"])
 ROLLBACKS = Counter("stream_vae_model_rollbacks_total", "Automatic or manual rollbacks", ["stream"])
+REDIS_ERRORS = Counter(
+    "stream_vae_redis_errors_total", "Batches (or model checks) retried because Redis did not answer", ["stream"]
+)
 RECALIBRATIONS = Counter(
     "stream_vae_recalibrations_total", "Recalibration requests handled by the trainer", ["stream", "kind", "outcome"]
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import uuid
 from collections import Counter
 
@@ -347,3 +348,56 @@ def test_a_quiet_keys_incident_is_resolved_by_the_worker_that_takes_over_its_par
     assert [(x["key"], x["incident"]["id"], x["incident"]["records"]) for x in idle] == [("host-02", wild, 2)]
     open_lists = [client.hgetall(k) for k in client.scan_iter(f"{redis_prefix}:{name}:open:*")]
     assert not any(b"host-02" in h for h in open_lists), "the resolved incident left the partition's open list"
+
+
+def test_a_redis_outage_pauses_the_worker_and_it_scores_on_when_redis_is_back(kafka_bootstrap: str) -> None:
+    """The worker's Redis (a private redis-server here) goes away for two seconds between batches and
+    comes back. The worker retries (batch read again, nothing committed meanwhile) and scores every
+    record once Redis answers; before, the first failed call stopped the consumer for good."""
+    from stream_vae.monitor import StreamMonitor
+    from stream_vae.services import free_port, redis_server_binary, stop_process, wait_port
+
+    port = free_port()
+
+    def redis_up() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        wait_port("127.0.0.1", port, 10, proc)
+        return proc
+
+    server = redis_up()
+    try:
+        name = f"blip{uuid.uuid4().hex[:6]}"
+        topo = synth_topology(name, epochs=3)
+        s = settings(kafka_bootstrap, f"redis://127.0.0.1:{port}/0", "blip", max_batch=200)
+        client = redis_client(s.redis)
+        registry = RedisModelRegistry(client, prefix="blip")
+        registry.register(quick_model(topo, steps=600), activate=True)
+        rows = generate(n_steps=200, t0=1200, anomaly_rate=0.0, seed=1).rows  # 1200 records
+
+        async def main() -> HotLoop:
+            nonlocal server
+            await ensure_topics(s.kafka, {topo.input_topic: 1})
+            slot = ModelSlot(registry, topo, poll_s=0.2)
+            await slot.wait_for_model()
+            monitor = StreamMonitor(topo, lambda: slot.pipeline, client=client, prefix="blip", checkpoint_s=1.0)
+            loop = HotLoop(monitor, settings=s, topology=topo, before_batch=slot.check, on_tick=monitor.tick)
+            await loop.start()
+            task = asyncio.ensure_future(loop.run())
+            await produce_rows(s.kafka, topo.input_topic, rows[:400], key_field="entity")
+            await _until(lambda: loop.stats.scored >= 400, 30)
+            stop_process(server)
+            await produce_rows(s.kafka, topo.input_topic, rows[400:], key_field="entity")
+            await asyncio.sleep(2.0)
+            server = redis_up()
+            await _until(lambda: loop.stats.scored >= len(rows) or task.done(), 60)
+            assert not task.done(), task.exception()
+            loop.request_stop()
+            await task
+            return loop
+
+        loop = asyncio.run(main())
+        assert loop.stats.scored >= len(rows), loop.stats
+    finally:
+        stop_process(server)
