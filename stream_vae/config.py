@@ -9,8 +9,8 @@ and never appear in ``str(settings)`` or in logs.
 from __future__ import annotations
 
 import os
+import re
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,13 +67,23 @@ class RedisSettings(_Frozen):
     prefix: str = "stream-vae"
 
     def redacted_url(self) -> str:
-        """The URL with any inline password masked, safe to log."""
-        parts = urlsplit(self.url)
-        if parts.password:
-            host = parts.hostname or ""
-            netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-            return urlunsplit(parts._replace(netloc=netloc))
-        return self.url
+        """The URL with any password masked, safe to log: the user-info (up to the last ``@`` before the
+        query, so a password holding ``/`` or ``#`` is masked whole; the user name is kept) and a
+        ``password=`` query parameter, which redis-py also reads.
+
+        >>> RedisSettings(url="redis://:a/b#c@h:1/0?password=x&db=2").redacted_url()
+        'redis://:***@h:1/0?password=***&db=2'
+        """
+        scheme, sep, rest = self.url.partition("://")
+        if not sep:
+            return self.url
+        head, q, query = rest.partition("?")
+        at = head.rfind("@")
+        if at >= 0:
+            user, colon, _ = head[:at].partition(":")
+            head = (f"{user}:***" if colon else "***") + head[at:]
+        query = re.sub(r"(?i)(^|&)(password|pass|pwd)=[^&]*", r"\1\2=***", query)
+        return f"{scheme}://{head}{q}{query}"
 
 
 class WorkerSettings(_Frozen):

@@ -32,6 +32,12 @@ def redis_client(settings: RedisSettings, *, check: bool = True) -> Any:
     pw = settings.password.get_secret_value() if settings.password else None
     try:
         client = redis.Redis.from_url(settings.url, password=pw, socket_connect_timeout=3, socket_timeout=10)
+    except ValueError:  # redis-py's message quotes the part of the URL it could not read: a password, maybe
+        raise StateStoreError(
+            f"cannot read the Redis URL {settings.redacted_url()}: a password holding '/', '#' or '@' must be "
+            "percent-encoded, or set STREAM_VAE_REDIS__PASSWORD instead"
+        ) from None
+    try:
         if check:
             client.ping()
     except (redis.RedisError, OSError, ValueError) as exc:

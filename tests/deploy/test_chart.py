@@ -373,14 +373,19 @@ def test_secrets_come_from_secret_refs_never_configmaps(tmp_path: Path) -> None:
         ({"kafka": {"sasl": {"password": "hunter2"}}}, "password"),
         ({"redis": {"password": "hunter2"}}, "password"),
         ({"redis": {"url": "redis://app:hunter2@redis:6379/0"}}, "redis.existingSecret"),
+        ({"redis": {"url": "redis://:hun/ter2@redis:6379/0"}}, "redis.existingSecret"),
+        ({"redis": {"url": "redis://redis:6379/0?password=hunter2"}}, "redis.existingSecret"),
     ],
-    ids=["sasl-password-in-values", "redis-password-in-values", "redis-password-in-url"],
+    ids=["sasl-password-in-values", "redis-password-in-values", "redis-password-in-url",
+         "redis-password-with-slash-in-url", "redis-password-as-url-parameter"],
 )
 def test_chart_refuses_credentials_as_values(tmp_path: Path, values: dict[str, Any], message: str) -> None:
     """A password written into values (or the Redis URL) fails the render instead of landing anywhere."""
     err = render_fails(tmp_path, values)
     assert message in err
-    assert "hunter2" not in err.replace("redis://app:hunter2@", "")
+    for url in ("redis://app:hunter2@", "redis://:hun/ter2@", "?password=hunter2"):
+        err = err.replace(url, "")
+    assert "hunter2" not in err
 
 
 # ----------------------------------------------------------------------------------------------

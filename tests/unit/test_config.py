@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from stream_vae.config import Settings
+from stream_vae.config import RedisSettings, Settings
 
 
 def test_nested_env_and_secret_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -20,6 +20,29 @@ def test_nested_env_and_secret_redaction(monkeypatch: pytest.MonkeyPatch) -> Non
     text = str(s) + repr(s)
     assert "hunter2" not in text and "pw123" not in text
     assert s.redis.redacted_url() == "redis://user:***@h:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:1/0?password=s3cr3t", "redis://127.0.0.1:1/0?password=***"),
+        ("redis://:ab/s3cr3t@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://:p#s3cr3t@h:6379", "redis://:***@h:6379"),
+        ("redis://h:6379/0?client_name=a@b", "redis://h:6379/0?client_name=a@b"),
+    ],
+)
+def test_redis_passwords_are_masked_in_every_form_redis_reads(url: str, shown: str) -> None:
+    """A password as a URL parameter, or holding '/' or '#', was logged in full; redis-py's own parse
+    error even quoted part of it."""
+    from stream_vae.exceptions import StateStoreError
+    from stream_vae.state import redis_client
+
+    settings = RedisSettings(url=url)
+    assert settings.redacted_url() == shown and "s3cr3t" not in str(Settings(redis=settings))
+    if "s3cr3t" in url:
+        with pytest.raises(StateStoreError) as err:
+            redis_client(RedisSettings(url=url.replace("h:", "127.0.0.1:").replace(":6379", ":1")))
+        assert "s3cr3t" not in str(err.value)
 
 
 def test_conventional_variables_are_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -267,7 +267,7 @@ readinessProbe:
 {{- if and .Values.worker.autoscaling.enabled .Values.worker.keda.enabled -}}
 {{- fail "worker.autoscaling.enabled and worker.keda.enabled are both true: KEDA manages its own HorizontalPodAutoscaler, pick one" -}}
 {{- end -}}
-{{- if regexMatch "^[a-z]+://[^/@]*:[^/@]*@" .Values.redis.url -}}
+{{- if or (regexMatch "^[a-z]+://[^?@]*:[^?]*@" .Values.redis.url) (regexMatch "(?i)[?&](password|pass|pwd)=" .Values.redis.url) -}}
 {{- fail "redis.url carries a password: put it in a Secret and name it in redis.existingSecret (key redis.passwordKey); passwords never go into values or ConfigMaps" -}}
 {{- end -}}
 {{- end -}}
