@@ -92,6 +92,7 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.loop.assigned = set(assigned)
+        self.loop.in_group = True  # a member, even with no partition (more replicas than partitions)
         if self.loop.on_assigned is not None and assigned:
             async with self.loop.batch_lock:  # if it fails, those entities resume when they send
                 await _housekeeping(self.loop.on_assigned, {tp.partition for tp in assigned},
@@ -145,6 +146,7 @@ class HotLoop:
         self.group_id = group_id or topology.consumer_group
         self.batch_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
+        self.in_group = False
         self.stats = LoopStats()
         self.last_batch_at = 0.0
         self._stopping = asyncio.Event()
@@ -153,7 +155,10 @@ class HotLoop:
 
     @property
     def joined(self) -> bool:
-        return bool(self.assigned)
+        """In the consumer group: assigned its share of the partitions, which may be none. (Readiness
+        waited for a partition, so a surge pod beyond the partition count never got ready and stalled a
+        rolling update.)"""
+        return self.in_group
 
     async def start(self) -> None:
         kw = self.settings.kafka.client_kwargs()

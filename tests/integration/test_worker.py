@@ -401,3 +401,30 @@ def test_a_redis_outage_pauses_the_worker_and_it_scores_on_when_redis_is_back(ka
         assert loop.stats.scored >= len(rows), loop.stats
     finally:
         stop_process(server)
+
+
+def test_a_worker_without_a_partition_is_ready(kafka_bootstrap: str, redis_url: str, redis_prefix: str) -> None:
+    """Two workers on a one-partition topic (a rolling update's surge pod): both are group members,
+    one holds the partition, and both are joined, so /readyz passes. Readiness waited for a partition,
+    so the surge pod never got ready and the rollout stalled."""
+    from stream_vae.pipeline import Pipeline
+    from stream_vae.testing import loaded
+
+    topo = synth_topology(f"rd{uuid.uuid4().hex[:6]}", epochs=2)
+    s = settings(kafka_bootstrap, redis_url, redis_prefix)
+    pipeline = Pipeline(topo, loaded(quick_model(topo, steps=400)))
+
+    async def main() -> list[tuple[bool, int]]:
+        await ensure_topics(s.kafka, {topo.input_topic: 1})
+        loops = [HotLoop(pipeline, settings=s, topology=topo) for _ in range(2)]  # type: ignore[arg-type]
+        for loop in loops:
+            await loop.start()
+        tasks = [asyncio.ensure_future(loop.run()) for loop in loops]
+        await _until(lambda: all(loop.joined for loop in loops) and sum(len(lp.assigned) for lp in loops) == 1, 30)
+        out = [(loop.joined, len(loop.assigned)) for loop in loops]
+        for loop in loops:
+            loop.request_stop()
+        await asyncio.gather(*tasks)
+        return out
+
+    assert sorted(asyncio.run(main())) == [(True, 0), (True, 1)]
