@@ -165,6 +165,7 @@ class StreamMonitor:
         self.guard = SwapGuard(topology)
         self._drift: dict[int, DriftMonitor] = {}
         self._last_ckpt = time.monotonic()
+        self._checkpoint_due = False
         self.clock = StreamClock()
         self._seen = 0
         # the healthy model's flag rate (true anomalies included), tracked while no drift/swap is in progress:
@@ -204,23 +205,35 @@ class StreamMonitor:
         if pipeline is not None:
             self.entities.save(pipeline)
         self._last_ckpt = time.monotonic()
+        self._checkpoint_due = False
+
+    def _save_if_due(self) -> None:
+        """The checkpoint :meth:`_periodic` asked for, once what it covers is committed: the hot loop calls
+        ``process`` and ``tick`` one at a time, each after the previous batch's messages were acknowledged
+        and its offsets committed."""
+        if self._checkpoint_due:
+            self.checkpoint()
 
     def tick(self) -> list[Message]:
         """Between batches (the hot loop calls it when a poll brings nothing): the periodic work is due
         on the clock even when no record arrives, so a stream that went quiet is checkpointed and its
         idle incidents resolved."""
+        self._save_if_due()
         return self._periodic() if time.monotonic() - self._last_ckpt > self.checkpoint_s else []
 
     def _periodic(self, *, now: float | None = None) -> list[Message]:
         """Every ``checkpoint_s``: resolve incidents of entities gone quiet (judged by :class:`StreamClock`;
-        ``now`` for partitions it has not read, default the clock), then checkpoint."""
+        ``now`` for partitions it has not read, default the clock), and ask for a checkpoint. It is saved
+        at the next batch or tick, after this one's messages and offsets are committed: saved before, a
+        worker that died in between left state (an incident marked announced, histograms) that already
+        counted records its successor then read again."""
         pipeline = self.pipeline_of()
         ends = pipeline.expire_incidents(now=now, partition_now=self.clock.reached()) if pipeline is not None else []
         self.entities.changed(e.key for e in ends)
         for e in ends:
             log.info("incident_resolved_idle", stream=self.topology.name, key=e.key, incident=e.incident)
         ends = self._announced(pipeline, [], ends)
-        self.checkpoint()
+        self._checkpoint_due, self._last_ckpt = True, time.monotonic()
         return alert_messages(self.topology, [], ends)
 
     def _announced(self, pipeline: Any, published: Sequence[Alert], ends: Sequence[IncidentEnd]) -> list[IncidentEnd]:
@@ -256,6 +269,7 @@ class StreamMonitor:
 
     # -- the batch -----------------------------------------------------------------------------
     def process(self, records: list[RawRecord]) -> Emission:
+        self._save_if_due()
         topo = self.topology
         pipeline = self.pipeline_of()
         episode = self.policy.episode

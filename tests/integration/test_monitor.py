@@ -12,7 +12,7 @@ import pytest
 from stream_vae.model.train import train_model
 from stream_vae.monitor import StreamMonitor
 from stream_vae.pipeline import Pipeline
-from stream_vae.state import redis_client
+from stream_vae.state import redis_client, split_entities
 from stream_vae.testing import iid_stream, iid_topology, keyed_records, loaded
 from stream_vae.topology import Topology
 
@@ -193,3 +193,21 @@ def test_an_alert_lost_to_a_crash_before_publishing_goes_out_on_the_replay(redis
     assert recs[20].offset <= alert.offset < recs[30].offset
     replayed = worker().process(recs)  # the restart polls a bigger batch: the same records and the next ones
     assert [a.offset for a in replayed.alerts] == [alert.offset] and replayed.suppressed >= 1
+
+
+def test_state_is_checkpointed_only_after_the_batch_it_covers(redis_url: str, redis_prefix: str) -> None:
+    """The periodic checkpoint ran inside the batch, before its alerts were published and its offsets
+    committed: a worker that died in between left a saved state (windows, histograms, an incident
+    marked announced) that already counted records its successor then scored again. It is saved when
+    the hot loop next calls the monitor, after the commit."""
+    _, monitor = _incident_monitor("ckpt", 3600.0, redis_url, redis_prefix)
+    recs = keyed_records(iid_stream(40, 4), ["host-a"] * 40)
+    key = f"{redis_prefix}:ckpt:entity:host-a"
+    monitor.process(recs[:20])
+    assert monitor.client.get(key) is None, "nothing saved while the batch is not committed"
+    monitor.tick()  # the batch was committed; the loop polls again
+    saved = json.loads(monitor.client.get(key))
+    held = split_entities(monitor.pipeline_of().snapshot(["host-a"]))["host-a"]
+    assert saved == json.loads(json.dumps(held)), "the state after the first batch"
+    monitor.process(recs[20:])
+    assert json.loads(monitor.client.get(key)) == saved, "the second batch is not in Redis before its commit"
