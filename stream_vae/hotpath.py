@@ -29,8 +29,9 @@ from stream_vae.topology import Topology
 
 log = structlog.get_logger("stream_vae.hotpath")
 
-# Redis unreachable (a failover, a restart): the batch is read again and retried, the worker lives on
-_REDIS_DOWN = (RedisError, StateStoreError, OSError)
+# Redis unreachable (a failover, a restart): the batch is read again and retried, the worker lives on.
+# (Not OSError: a Kafka timeout is one, and is no Redis outage.)
+_REDIS_DOWN = (RedisError, StateStoreError)
 _RETRY_S = (0.5, 1.0, 2.0, 5.0)  # back-off between attempts, the last one repeated
 
 BatchHook = Callable[[Emission], Awaitable[None] | None]
