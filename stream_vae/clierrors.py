@@ -30,12 +30,12 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except (StreamVAEError, FileNotFoundError) as exc:
             fail(str(exc))
-        except (ValueError, RuntimeError) as exc:  # bad data in a file (shapes, labels, NaN, a broken CSV)
-            fail(f"{type(exc).__name__}: {exc}")
-        except ValidationError as exc:
+        except ValidationError as exc:  # before ValueError, which it is
             e = exc.errors()[0]
             loc = "__".join(str(p) for p in e["loc"]).upper()
             fail(f"bad setting STREAM_VAE_{loc}: {e['msg']}")
+        except (ValueError, RuntimeError) as exc:  # bad data in a file (shapes, labels, NaN, a broken CSV)
+            fail(f"{type(exc).__name__}: {exc}")
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
