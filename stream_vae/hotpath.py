@@ -193,7 +193,13 @@ class HotLoop:
         self._stopping.set()
 
     async def close(self) -> None:
-        # The loop has exited: everything it scored was committed; leave the group cleanly.
+        # The loop has exited: everything it scored was committed. Hand the partitions' state over while
+        # still in the group (leaving it assigns them at once, and aiokafka's stop() revokes nothing),
+        # then leave it cleanly.
+        if self.on_revoked is not None and self.assigned:
+            await _housekeeping(self.on_revoked, {tp.partition for tp in self.assigned},
+                                failed="partitions_release_failed")
+            self.assigned = set()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
