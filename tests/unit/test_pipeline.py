@@ -478,3 +478,12 @@ def test_every_per_entity_table_forgets_at_the_same_bound_as_the_checkpoints() -
               pipe._active.ranges]
     bound = inspect.signature(EntityCheckpoints).parameters["max_entities"].default
     assert {type(t).__name__: t.max_entities for t in tables} == {type(t).__name__: bound for t in tables}
+
+
+def test_keys_that_differ_by_a_trailing_nul_are_two_entities() -> None:
+    """A numpy string array drops trailing NULs, so a batch of mixed keys filed 'a\\0' (a big-endian
+    integer Kafka key, say) under 'a': two entities shared their state and the result hung on batching."""
+    from stream_vae.lru import entity_groups
+
+    groups = entity_groups(["b", "a\0", "b", "a"])
+    assert {k: v.tolist() for k, v in groups.items()} == {"a": [3], "a\0": [1], "b": [0, 2]}
