@@ -180,10 +180,14 @@ class RetrainSpec(_Strict):
     max_train_seconds: float = Field(default=300.0, gt=0)
     wait_timeout_s: float = Field(default=1800.0, gt=0, description="give up waiting for post-drift records")
 
+    def holdout_size(self, n: int) -> int:
+        """Of ``n`` recent records, how many the trainer keeps (the newest) to validate a candidate on."""
+        return max(50, int(n * self.holdout_fraction))
+
     @model_validator(mode="after")
     def _enough_to_train(self) -> RetrainSpec:
-        # the trainer holds out max(50, fraction) of the records and trains on the rest, which needs 100 rows
-        fit = self.min_records - max(50, int(self.min_records * self.holdout_fraction))
+        # the trainer trains on what the hold-out leaves, and a model needs 100 rows
+        fit = self.min_records - self.holdout_size(self.min_records)
         if fit < 100:
             raise ValueError(
                 f"retrain.min_records {self.min_records} with holdout_fraction {self.holdout_fraction} leaves {fit} "

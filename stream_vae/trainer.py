@@ -217,7 +217,7 @@ class Trainer:
         if got is None:
             return [self._refuse(topo, f"fewer than {spec.min_records} post-drift records arrived within "
                                        f"{spec.wait_timeout_s:.0f}s{_sampling(topo)}", active.version)]
-        n_hold = max(50, int(len(got) * spec.holdout_fraction))
+        n_hold = spec.holdout_size(len(got))
         fit, hold = got[:-n_hold], got[-n_hold:]
         cand_t = train_model(fit.X, topo, entities=fit.keys, normal=fit.normal, max_seconds=spec.max_train_seconds,
                              progress=self._check_stop)
