@@ -90,18 +90,31 @@ def service_process(verb: str, topology_file: Path, env: dict[str, str], log_fil
 
 
 class Console:
-    """One live status line on stderr (or nothing with ``quiet``)."""
+    """One live status line on stderr (or nothing with ``quiet``).
 
-    def __init__(self, quiet: bool) -> None:
+    On a terminal the line is redrawn in place; piped into a file or a CI log, where a carriage
+    return would pile every update onto one line, it is printed as a line of its own at most every
+    ``every_s`` seconds.
+    """
+
+    def __init__(self, quiet: bool, *, every_s: float = 5.0) -> None:
         self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s
+        self._last = -float("inf")
 
     def say(self, msg: str) -> None:
         if not self.quiet:
             print(msg, file=sys.stderr, flush=True)
 
     def status(self, msg: str) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.tty:
             print("\r" + msg.ljust(100), end="", file=sys.stderr, flush=True)
+        elif msg and time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            print(msg, file=sys.stderr, flush=True)
 
 
 Scenario = Literal["anomalies", "drift"]
