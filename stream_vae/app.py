@@ -21,11 +21,11 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_vae.config import Settings
-from stream_vae.exceptions import ModelLoadError
+from stream_vae.exceptions import ModelLoadError, RollbackConflictError
 from stream_vae.hotpath import HotLoop
 from stream_vae.hotswap import ModelSlot, listen_control, model_event
 from stream_vae.model import set_torch_threads
-from stream_vae.model.registry import RedisModelRegistry
+from stream_vae.model.registry import RedisModelRegistry, version_sequence
 from stream_vae.monitor import Emission, Message, StreamMonitor
 from stream_vae.state import redis_client
 from stream_vae.topology import Topology
@@ -70,14 +70,14 @@ class Rollbacks:
             return
         log.warning("swap_guard_failed", version=bad, reason=verdict.reason)
         name = self.topology.name
-        lock = f"{self.registry.prefix}:{name}:rollback:{bad}"
-        won = await asyncio.to_thread(self.registry.client.set, lock, "1", nx=True, ex=3600)
-        if won and await asyncio.to_thread(self.registry.active_version, name) == bad:
-            try:
-                _, prev = await asyncio.to_thread(self.registry.rollback, name)
-            except ModelLoadError as exc:  # nothing to go back to: keep serving, say so
-                log.error("rollback_impossible", version=bad, reason=verdict.reason, error=str(exc))
-                return
+        try:  # atomic in Redis: of the workers that judged `bad`, the first rolls back, the others follow
+            _, prev = await asyncio.to_thread(self.registry.rollback, name, expected=bad)
+        except RollbackConflictError:
+            prev = None
+        except ModelLoadError as exc:  # nothing to go back to: keep serving, say so
+            log.error("rollback_impossible", version=bad, reason=verdict.reason, error=str(exc))
+            return
+        if prev is not None:
             digest = (await asyncio.to_thread(self.registry.get, name, prev)).manifest["sha256"]
             if self.loop is not None:
                 await self.loop.publish([Message(
@@ -88,10 +88,10 @@ class Rollbacks:
             log.warning("model_rolled_back", version=prev, previous=bad)
             self.slot.request(prev, rollback=True)
             return
-        # another worker rolled back already: follow the registry's active pointer
+        # another worker rolled back already (or a trainer activated a newer version): follow the pointer
         active = await asyncio.to_thread(self.registry.active_version, name)
-        if active and active != bad:
-            self.slot.request(active, rollback=True)
+        if active and active != bad:  # a newer version is a fresh candidate, to be guarded like any other
+            self.slot.request(active, rollback=version_sequence(active) < version_sequence(bad))
 
 
 def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
@@ -146,7 +146,8 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
         async def _run(self) -> None:
             try:
                 client = redis_client(settings.redis)
-                registry = RedisModelRegistry(client, prefix=settings.redis.prefix, signing_key=signing_key)
+                registry = RedisModelRegistry(client, prefix=settings.redis.prefix, signing_key=signing_key,
+                                              keep_versions=settings.model_keep_versions)
                 slot = ModelSlot(registry, topology, poll_s=w.model_poll_s)
                 state.slot = slot
                 await slot.wait_for_model(stop=self._stop)
@@ -227,7 +228,8 @@ def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
         # uncommitted and the next trainer handles it again
         stream_wait_empty=False,
     )
-    registry = RedisModelRegistry(redis_client(settings.redis), prefix=settings.redis.prefix, signing_key=signing_key)
+    registry = RedisModelRegistry(redis_client(settings.redis), prefix=settings.redis.prefix, signing_key=signing_key,
+                                  keep_versions=settings.model_keep_versions)
     trainer = Trainer(topologies, registry=registry)
     topics = sorted({t.control.recalibrate_topic for t in topologies.values()})
     source = app.topic(*topics, value_serializer="raw", key_serializer="raw")

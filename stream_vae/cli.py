@@ -61,7 +61,8 @@ def _registry(s: Settings) -> Any:
     from stream_vae.model.registry import RedisModelRegistry
     from stream_vae.state import redis_client
 
-    return RedisModelRegistry(redis_client(s.redis), prefix=s.redis.prefix, signing_key=_signing_key(s))
+    return RedisModelRegistry(redis_client(s.redis), prefix=s.redis.prefix, signing_key=_signing_key(s),
+                              keep_versions=s.model_keep_versions)
 
 
 @app.command("validate-topologies")

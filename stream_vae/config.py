@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     model_signing_key: SecretStr | None = Field(
         default=None, description="HMAC key: manifests are signed on register and verified before load"
     )
+    model_keep_versions: int = Field(
+        default=20, ge=2, description="model versions kept in Redis besides the active one and the rollback history"
+    )
 
     def __str__(self) -> str:
         return (

@@ -37,3 +37,7 @@ class StateStoreError(StreamVAEError, RuntimeError):
 
 class BrokerError(StreamVAEError, RuntimeError):
     """The Kafka-protocol broker is unreachable or refused an operation."""
+
+
+class RollbackConflictError(ModelLoadError):
+    """A rollback of version X found another version active: someone moved the pointer first."""

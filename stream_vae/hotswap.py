@@ -18,7 +18,7 @@ import structlog
 
 from stream_vae import metrics
 from stream_vae.exceptions import ModelLoadError
-from stream_vae.model.registry import LoadedModel, RedisModelRegistry
+from stream_vae.model.registry import LoadedModel, RedisModelRegistry, version_sequence
 from stream_vae.pipeline import Pipeline
 from stream_vae.topology import Topology
 
@@ -116,7 +116,7 @@ class ModelSlot:
                 # the pointer moved back to an earlier version: a rollback whose event has not come yet
                 # (another worker rolled back). Not guarded: guarding it would name the bad version as the
                 # one to return to.
-                target = (active, _sequence(active) < _sequence(self.pipeline.model.version))
+                target = (active, version_sequence(active) < version_sequence(self.pipeline.model.version))
         if target is None or target[0] == self.pipeline.model.version or target[0] in self._refused:
             return False
         version, rollback = target
@@ -173,12 +173,3 @@ async def listen_control(settings_kafka: Any, topology: Topology, slot: ModelSlo
             continue
         log.info("control_model", action=data["action"], version=data.get("version"))
         slot.request(str(data["version"]), rollback=data["action"] == "rollback")
-
-
-def _sequence(version: str) -> int:
-    """A registry version's place in registration order (``v7`` -> 7; -1 for another name).
-
-    >>> _sequence("v12") > _sequence("v9"), _sequence("custom")
-    (True, -1)
-    """
-    return int(version[1:]) if version[:1] == "v" and version[1:].isdigit() else -1

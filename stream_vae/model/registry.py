@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stream_vae.calibrate import Calibrator
-from stream_vae.exceptions import ModelLoadError, StateStoreError
+from stream_vae.exceptions import ModelLoadError, RollbackConflictError, StateStoreError
 from stream_vae.model.scorer import VAEScorer
 from stream_vae.model.train import TrainedModel
 from stream_vae.model.vae import members
@@ -105,22 +106,35 @@ def to_artifact(model: TrainedModel, version: str, *, signing_key: bytes | None 
 
 
 def load_artifact(art: Artifact, *, signing_key: bytes | None = None, topology: Topology | None = None) -> LoadedModel:
-    """Verify and instantiate an artifact. Raises ``ModelLoadError`` on any mismatch."""
+    """Verify and instantiate an artifact. Raises ``ModelLoadError`` on any mismatch or malformed manifest."""
+    m = art.manifest
+    if not isinstance(m, dict):
+        raise ModelLoadError(f"model manifest is a JSON {type(m).__name__}, not an object; refusing it")
+    if m.get("format") != FORMAT:
+        raise ModelLoadError(f"model {m.get('version')}: unknown artifact format {m.get('format')!r}")
+    try:
+        return _instantiate(art, signing_key=signing_key, topology=topology)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a manifest missing or mistyping a field
+        raise ModelLoadError(
+            f"model {m.get('version')}: malformed manifest ({type(exc).__name__}: {exc}); refusing it"
+        ) from None
+
+
+def _instantiate(art: Artifact, *, signing_key: bytes | None, topology: Topology | None) -> LoadedModel:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     from stream_vae.model.vae import VAE, AnyVAE, VAEEnsemble
 
     m = art.manifest
-    if m.get("format") != FORMAT:
-        raise ModelLoadError(f"model {m.get('version')}: unknown artifact format {m.get('format')!r}")
     digest = hashlib.sha256(art.weights).hexdigest()
     if digest != m.get("sha256"):
         raise ModelLoadError(
             f"model {art.version}: weights digest {digest[:12]} != manifest {str(m.get('sha256'))[:12]}; "
             "refusing a corrupt artifact"
         )
-    if signing_key and not hmac.compare_digest(str(m.get("signature", "")), _sign(m, signing_key)):
+    # compared as bytes: compare_digest refuses a str with non-ASCII characters (a TypeError, not a refusal)
+    if signing_key and not hmac.compare_digest(str(m.get("signature", "")).encode(), _sign(m, signing_key).encode()):
         raise ModelLoadError(f"model {art.version}: manifest signature does not verify with the configured signing key")
     if topology is not None and list(topology.feature_names) != m["features"]:
         raise ModelLoadError(
@@ -166,10 +180,15 @@ class ModelRegistry(Protocol):
 class RedisModelRegistry:
     """Model registry on a ``redis.Redis`` client (bytes responses)."""
 
-    def __init__(self, client: Any, *, prefix: str = "stream-vae", signing_key: bytes | None = None) -> None:
+    def __init__(
+        self, client: Any, *, prefix: str = "stream-vae", signing_key: bytes | None = None, keep_versions: int = 20
+    ) -> None:
+        if keep_versions < 2:
+            raise ValueError(f"keep_versions must be >= 2 (the active one and one to go back to), not {keep_versions}")
         self.client = client
         self.prefix = prefix
         self.signing_key = signing_key
+        self.keep_versions = keep_versions
 
     def _k(self, stream: str, *parts: str) -> str:
         return ":".join((self.prefix, stream, *parts))
@@ -188,7 +207,27 @@ class RedisModelRegistry:
             raise _store_error(exc) from None
         if activate:
             self.activate(stream, version)
+        self.prune(stream)
         return art
+
+    def prune(self, stream: str) -> list[str]:
+        """Delete versions beyond the newest ``keep_versions`` that are neither active nor in the rollback
+        history (every retrain and recalibration registers one; without this Redis grows for ever)."""
+        try:
+            versions = [_text(v) for v in self.client.zrange(self._k(stream, "versions"), 0, -1)]
+            kept = {_text(v) for v in self.client.lrange(self._k(stream, "history"), 0, -1)}
+            kept.add(self.active_version(stream) or "")
+            newest = sorted(versions, key=version_sequence, reverse=True)[: self.keep_versions]
+            drop = [v for v in versions if v not in kept and v not in newest]
+            if drop:
+                pipe = self.client.pipeline(transaction=True)
+                for v in drop:
+                    pipe.delete(self._k(stream, "model", v, "weights"), self._k(stream, "model", v, "manifest"))
+                pipe.zrem(self._k(stream, "versions"), *drop)
+                pipe.execute()
+        except Exception as exc:
+            raise _store_error(exc) from None
+        return drop
 
     def get(self, stream: str, version: str) -> Artifact:
         try:
@@ -199,7 +238,18 @@ class RedisModelRegistry:
             raise _store_error(exc) from None
         if w is None or m is None:
             raise ModelLoadError(f"model {version} of stream '{stream}' not found in the registry")
-        return Artifact(json.loads(m), bytes(w))
+        try:
+            manifest = json.loads(m)
+        except ValueError:
+            raise ModelLoadError(f"model {version} of stream '{stream}': manifest is not JSON; refusing it") from None
+        # the manifest names its own stream and version (and the signature covers them): a manifest copied
+        # under another key would otherwise load as the wrong version, and a worker would swap forever
+        if not isinstance(manifest, dict) or (manifest.get("stream"), manifest.get("version")) != (stream, version):
+            found = (manifest.get("stream"), manifest.get("version")) if isinstance(manifest, dict) else manifest
+            raise ModelLoadError(
+                f"model {version} of stream '{stream}': the manifest stored there describes {found!r}; refusing it"
+            )
+        return Artifact(manifest, bytes(w))
 
     def load(self, stream: str, version: str, *, topology: Topology | None = None) -> LoadedModel:
         return load_artifact(self.get(stream, version), signing_key=self.signing_key, topology=topology)
@@ -214,32 +264,34 @@ class RedisModelRegistry:
     def activate(self, stream: str, version: str) -> str | None:
         """Point the stream at ``version``; returns the previously active version."""
         self.get(stream, version)  # must exist
-        prev = self.active_version(stream)
-        if prev == version:
-            return prev
-        pipe = self.client.pipeline(transaction=True)
-        if prev:
-            pipe.lpush(self._k(stream, "history"), prev)
-            pipe.ltrim(self._k(stream, "history"), 0, 99)
-        pipe.set(self._k(stream, "active"), version)
-        pipe.execute()
-        return prev
+        # one script, so two activations (or an activation and a rollback) cannot interleave
+        prev = self._script(_ACTIVATE, stream, version, str(self.keep_versions))
+        return _text(prev) if prev else None
 
-    def rollback(self, stream: str) -> tuple[str, str]:
-        """Re-activate the previously active version; returns (from, to)."""
-        cur = self.active_version(stream)
-        prev = self.client.lpop(self._k(stream, "history"))
-        if cur is None or prev is None:
+    def rollback(self, stream: str, *, expected: str | None = None) -> tuple[str, str]:
+        """Re-activate the previously active version; returns (from, to).
+
+        With ``expected``, only if that version is still the active one (else ``RollbackConflictError``):
+        a guard that judged version X must not roll back the version a trainer activated since.
+        """
+        status, *rest = self._script(_ROLLBACK, stream, expected or "")
+        if status == 0:
             raise ModelLoadError(f"stream '{stream}' has no previous version to roll back to")
-        prev_s = prev.decode() if isinstance(prev, bytes) else str(prev)
-        self.client.set(self._k(stream, "active"), prev_s)
-        return cur, prev_s
+        if status == 1:
+            raise RollbackConflictError(f"stream '{stream}': active is {_text(rest[0])}, not {expected}; no rollback")
+        return _text(rest[0]), _text(rest[1])
+
+    def _script(self, script: str, stream: str, *args: str) -> Any:
+        try:
+            return self.client.eval(script, 2, self._k(stream, "active"), self._k(stream, "history"), *args)
+        except Exception as exc:
+            raise _store_error(exc) from None
 
     def list_versions(self, stream: str) -> list[dict[str, Any]]:
         active = self.active_version(stream)
         out = []
-        for v in self.client.zrange(self._k(stream, "versions"), 0, -1):
-            version = v.decode() if isinstance(v, bytes) else v
+        versions = (_text(v) for v in self.client.zrange(self._k(stream, "versions"), 0, -1))
+        for version in sorted(versions, key=version_sequence):
             raw = self.client.get(self._k(stream, "model", version, "manifest"))
             if raw is None:
                 continue
@@ -261,6 +313,45 @@ class RedisModelRegistry:
         return sorted({k.decode().split(":")[-2] for k in self.client.scan_iter(f"{self.prefix}:*:versions")})
 
 
+# KEYS: active pointer, history list. ARGV: version, history length. Returns the previous version.
+_ACTIVATE = """
+local prev = redis.call('GET', KEYS[1])
+if prev == ARGV[1] then return prev end
+if prev then
+  redis.call('LPUSH', KEYS[2], prev)
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return prev
+"""
+
+# KEYS: active pointer, history list. ARGV: the version expected to be active ('' = any).
+# Returns {0} (nothing to go back to), {1, active} (not the expected one) or {2, from, to}.
+_ROLLBACK = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {0} end
+if ARGV[1] ~= '' and cur ~= ARGV[1] then return {1, cur} end
+local prev = redis.call('LPOP', KEYS[2])
+if not prev then return {0} end
+redis.call('SET', KEYS[1], prev)
+return {2, cur, prev}
+"""
+
+
+def version_sequence(version: str) -> int:
+    """A registry version's place in registration order (``v7`` -> 7; -1 for another name). Versions are
+    numbered by the registry; creation times come from the registering host's clock.
+
+    >>> version_sequence("v12") > version_sequence("v9"), version_sequence("custom")
+    (True, -1)
+    """
+    return int(version[1:]) if version[:1] == "v" and version[1:].isdigit() else -1
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def _store_error(exc: Exception) -> StateStoreError:
     return StateStoreError(
         f"Redis model registry: {type(exc).__name__}: {exc}. Check REDIS_URL / STREAM_VAE_REDIS__URL"
@@ -268,19 +359,27 @@ def _store_error(exc: Exception) -> StateStoreError:
 
 
 def export_artifact(art: Artifact, directory: str | Path) -> Path:
-    """Write ``model.safetensors`` + ``manifest.json`` atomically (temp dir, then ``os.replace``)."""
-    target = Path(directory) / art.version
+    """Write ``DIR/VERSION/{model.safetensors,manifest.json}`` atomically (temp dir, then rename); an
+    earlier export of the same version is replaced."""
+    version = art.version
+    if not version or version.startswith(".") or not all(c.isalnum() or c in "._-" for c in version):
+        raise ModelLoadError(f"model version {version!r} is not a plain name; refusing to use it as a path")
+    target = Path(directory) / version
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{art.version}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
+    old = target.parent / f".{version}.replaced"
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the export from the service that reads it
         (tmp / "model.safetensors").write_bytes(art.weights)
         (tmp / "manifest.json").write_text(json.dumps(art.manifest, indent=2))
+        if target.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
         os.replace(tmp, target)
     except BaseException:
-        for p in tmp.glob("*"):
-            p.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return target
 
 

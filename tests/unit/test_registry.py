@@ -70,3 +70,49 @@ def test_import_of_non_model_directory(tmp_path: Path) -> None:
     """Importing a directory without the two files says what it needs."""
     with pytest.raises(ModelLoadError, match=r"manifest\.json"):
         import_artifact(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        pytest.param(["not", "an", "object"], id="a JSON list"),
+        pytest.param("a string", id="a JSON string"),
+    ],
+)
+def test_a_manifest_that_is_not_an_object_is_refused(trained, manifest) -> None:  # type: ignore[no-untyped-def]
+    art = to_artifact(trained, "v1")
+    with pytest.raises(ModelLoadError, match="not an object"):
+        load_artifact(dataclasses.replace(art, manifest=manifest))
+
+
+@pytest.mark.parametrize("drop", ["architecture", "scaler", "calibration", "window", "features"])
+def test_a_manifest_missing_a_field_is_refused_not_a_crash(trained, drop: str) -> None:  # type: ignore[no-untyped-def]
+    """A worker catches ModelLoadError and keeps serving its model; a KeyError would stop it."""
+    art = to_artifact(trained, "v1")
+    broken = {k: v for k, v in art.manifest.items() if k != drop}
+    with pytest.raises(ModelLoadError, match="malformed manifest"):
+        load_artifact(dataclasses.replace(art, manifest=broken))
+
+
+def test_a_non_ascii_signature_is_refused_not_a_type_error(trained) -> None:  # type: ignore[no-untyped-def]
+    art = to_artifact(trained, "v1", signing_key=b"k")
+    forged = {**art.manifest, "signature": "é" * 64}
+    with pytest.raises(ModelLoadError, match="signature"):
+        load_artifact(dataclasses.replace(art, manifest=forged), signing_key=b"k")
+
+
+def test_exporting_a_version_again_replaces_it(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = export_artifact(to_artifact(trained, "v3"), tmp_path)
+    (first / "stale").write_text("left from an earlier export")
+    again = export_artifact(to_artifact(trained, "v3"), tmp_path)
+    assert again == first and sorted(p.name for p in again.iterdir()) == ["manifest.json", "model.safetensors"]
+    assert again.stat().st_mode & 0o777 == 0o755
+    assert [p.name for p in tmp_path.iterdir()] == ["v3"]  # no temporary or replaced directory left behind
+
+
+@pytest.mark.parametrize("version", ["../escape", ".hidden", "a/b", ""])
+def test_export_refuses_a_version_that_is_not_a_plain_name(trained, tmp_path: Path, version: str) -> None:  # type: ignore[no-untyped-def]
+    art = to_artifact(trained, "v1")
+    with pytest.raises(ModelLoadError, match="plain name"):
+        export_artifact(dataclasses.replace(art, manifest={**art.manifest, "version": version}), tmp_path / "out")
+    assert not (tmp_path / "escape").exists()
