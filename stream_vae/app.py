@@ -129,9 +129,13 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
         web_bind=w.http_host,
         web_port=w.http_port,
         web_host=socket.gethostname(),
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka.replication_factor,
         producer_acks=-1,
     )
+    # faust serves the probes and metrics and runs the hot loop; the hot loop has its own consumer. A faust
+    # consumer would join a group of its own (the app id names the pod) on a `<id>-__assignor-__leader`
+    # topic that every pod would leave behind on the cluster
+    app.producer_only = True
     state = WorkerState(topology)
     app.stream_vae_state = state  # type: ignore[attr-defined]
 
@@ -218,12 +222,13 @@ def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
     w = settings.worker
     set_torch_threads(w.torch_threads)
     app = faust.App(
-        "stream-vae-trainer",  # one consumer group: each request is handled by one trainer replica
+        settings.kafka.trainer_group_id,  # one consumer group: each request is handled by one trainer replica
         **faust_broker_kwargs(settings),
         store="memory://",
         datadir=os.path.join(tempfile.gettempdir(), "stream-vae-{conf.name}-data"),
         web_enabled=True, web_bind=w.http_host, web_port=w.http_port, web_host=socket.gethostname(),
-        topic_replication_factor=1, producer_acks=-1, consumer_auto_offset_reset="earliest",
+        topic_replication_factor=settings.kafka.replication_factor, producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
         # on shutdown do not wait for a request in progress (it may wait minutes for records): it stays
         # uncommitted and the next trainer handles it again
         stream_wait_empty=False,

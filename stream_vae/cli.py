@@ -68,11 +68,13 @@ def _registry(s: Settings) -> Any:
 @app.command("validate-topologies")
 @friendly
 def validate_topologies(
-    directory: Annotated[Path, typer.Argument(help="directory of topology YAML files")] = Path("topologies"),
+    directory: Annotated[Path | None, typer.Argument(
+        help="directory of topology YAML files [default: STREAM_VAE_TOPOLOGY_DIR, else ./topologies]")] = None,
 ) -> None:
     """Check every topology file strictly; name the file and field of the first error."""
     from stream_vae.topology import load_all
 
+    directory = directory or Path(_settings().topology_dir)
     topos = load_all(directory)
     if not topos:
         fail(f"{directory}: no *.yaml topology files found")
@@ -164,7 +166,7 @@ async def _ensure_topics(s: Settings, topo: Any) -> None:
 def produce(
     topology: TopologyOpt,
     input: Annotated[Path, typer.Option("--input", "-i", help="CSV with a header, or .npy [N, D]")],
-    rate: Annotated[float | None, typer.Option(help="records per second (default: as fast as possible)")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.0, help="records per second (default or 0: no limit)")] = None,
     pretty: PrettyOpt = False,
 ) -> None:
     """Replay a file into the topology's input topic."""
@@ -319,7 +321,7 @@ def models_export(
 @friendly
 def demo_data(
     out: Annotated[Path, typer.Option(help="directory for demo_train.csv and demo_stream.csv")] = Path("demo-data"),
-    steps: Annotated[int, typer.Option(help="time steps per entity in the stream file")] = 2000,
+    steps: Annotated[int, typer.Option(min=1, help="time steps per entity in the stream file")] = 2000,
     seed: int = 0,
 ) -> None:
     """Write the demo's synthetic training and stream files (CSV) for the demo topology."""
@@ -339,10 +341,11 @@ def demo_data(
 def demo(
     seconds: Annotated[float, typer.Option(help="upper bound on the run time")] = 60.0,
     json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary as the last stdout line")] = False,
-    rate: Annotated[float, typer.Option(help="records per second to publish")] = 2000.0,
+    rate: Annotated[float, typer.Option(min=1.0, help="records per second to publish")] = 2000.0,
     scenario: Annotated[str, typer.Option(help="anomalies | drift (the stream shifts mid-run; a trainer retrains)")]
     = "anomalies",
-    pretty: PrettyOpt = True,
+    # the demo always prints for a person (its worker logs go to a file); kept so that old scripts still run
+    pretty: Annotated[bool, typer.Option("--pretty", hidden=True)] = True,
 ) -> None:
     """Live demo on an embedded broker: train, register, score a synthetic stream, show alerts."""
     from stream_vae.demo import run_demo

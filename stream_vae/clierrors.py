@@ -19,8 +19,8 @@ def fail(msg: str, code: int = 2) -> NoReturn:
 
 
 def friendly(fn: F) -> F:
-    """Bad config, missing files, bad data in a file, an unreachable broker/Redis: one line on stderr,
-    exit 2, no traceback."""
+    """Bad config, missing or unreadable files, bad data in a file, an unreachable broker/Redis: one
+    line on stderr, exit 2, no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -28,8 +28,12 @@ def friendly(fn: F) -> F:
 
         try:
             return fn(*args, **kwargs)
-        except (StreamVAEError, FileNotFoundError) as exc:
+        except typer.Exit:  # fail() inside the verb, or a deliberate exit code: a RuntimeError, not an error
+            raise
+        except StreamVAEError as exc:
             fail(str(exc))
+        except OSError as exc:  # a missing file, a directory where a file was meant, no permission
+            fail(f"{exc.strerror or type(exc).__name__}: {exc.filename}" if exc.filename else str(exc))
         except ValidationError as exc:  # before ValueError, which it is
             e = exc.errors()[0]
             loc = "__".join(str(p) for p in e["loc"]).upper()

@@ -12,7 +12,7 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -40,6 +40,27 @@ class KafkaSettings(_Frozen):
     client_id: str = "stream-vae"
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     rebalance_timeout_ms: int = Field(default=10_000, ge=1000)
+    replication_factor: int = Field(
+        default=1, ge=1, description="replicas of the topics stream-vae creates (3 on a production cluster)"
+    )
+    trainer_group_id: str = Field(
+        default="stream-vae-trainer", min_length=1,
+        description="the trainers' consumer group: one per installation sharing a Kafka cluster",
+    )
+
+    @model_validator(mode="after")
+    def _sasl_needs_a_sasl_protocol(self) -> KafkaSettings:
+        # aiokafka ignores a mechanism under PLAINTEXT/SSL while faust would speak SASL: the two clients
+        # of one worker would disagree, so say it here
+        sasl = self.security_protocol.startswith("SASL_")
+        if self.sasl_mechanism and not sasl:
+            raise ValueError(
+                f"sasl_mechanism {self.sasl_mechanism} needs security_protocol SASL_SSL or SASL_PLAINTEXT, "
+                f"not {self.security_protocol}"
+            )
+        if sasl and not self.sasl_mechanism:
+            raise ValueError(f"security_protocol {self.security_protocol} needs a sasl_mechanism")
+        return self
 
     def client_kwargs(self) -> dict[str, object]:
         """Keyword arguments shared by every aiokafka client (secrets unwrapped only here)."""
@@ -67,21 +88,24 @@ class RedisSettings(_Frozen):
     prefix: str = "stream-vae"
 
     def redacted_url(self) -> str:
-        """The URL with any password masked, safe to log: the user-info (up to the last ``@`` before the
-        query, so a password holding ``/`` or ``#`` is masked whole; the user name is kept) and a
-        ``password=`` query parameter, which redis-py also reads.
+        """The URL with any password masked, safe to log: the user-info (up to the last ``@`` of the
+        URL, so a password holding ``/``, ``#`` or ``?`` is masked whole; the user name is kept; a query
+        value holding ``@`` is over-masked rather than a password leaked) and a ``password=`` query
+        parameter, which redis-py also reads.
 
         >>> RedisSettings(url="redis://:a/b#c@h:1/0?password=x&db=2").redacted_url()
         'redis://:***@h:1/0?password=***&db=2'
+        >>> RedisSettings(url="redis://app:s3cr?et@h:6379/0").redacted_url()
+        'redis://app:***@h:6379/0'
         """
         scheme, sep, rest = self.url.partition("://")
         if not sep:
             return self.url
-        head, q, query = rest.partition("?")
-        at = head.rfind("@")
+        at = rest.rfind("@")
         if at >= 0:
-            user, colon, _ = head[:at].partition(":")
-            head = (f"{user}:***" if colon else "***") + head[at:]
+            user, colon, _ = rest[:at].partition(":")
+            rest = (f"{user}:***" if colon else "***") + rest[at:]
+        head, q, query = rest.partition("?")
         query = re.sub(r"(?i)(^|&)(password|pass|pwd)=[^&]*", r"\1\2=***", query)
         return f"{scheme}://{head}{q}{query}"
 
@@ -93,7 +117,6 @@ class WorkerSettings(_Frozen):
     http_port: int = Field(default=8080, ge=0, le=65535)
     max_batch: int = Field(default=5000, ge=1)
     poll_timeout_ms: int = Field(default=200, ge=1)
-    max_record_bytes: int = Field(default=65_536, ge=64)
     torch_threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads per process")
     model_poll_s: float = Field(default=5.0, gt=0, description="how often to re-read the active model pointer")
     checkpoint_s: float = Field(default=10.0, gt=0, description="how often entity and drift state is saved to Redis")
@@ -120,7 +143,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log_format: LogFormat = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    topology_dir: str = "topologies"
+    topology_dir: str = Field(default="topologies", description="where `validate-topologies` looks by default")
     model_signing_key: SecretStr | None = Field(
         default=None, description="HMAC key: manifests are signed on register and verified before load"
     )

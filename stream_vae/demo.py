@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from stream_vae.config import KafkaSettings, RedisSettings
+from stream_vae.config import KafkaSettings, RedisSettings, Settings
 from stream_vae.exceptions import BrokerError, ConfigError
 from stream_vae.services import Service, free_port, kafka_service, redis_service, stop_process
 from stream_vae.synth import SynthStream
@@ -185,7 +185,11 @@ class Demo:
         self.rate = rate
         self.n_entities = n_entities
         self.scenario = scenario
-        self.ks = KafkaSettings(bootstrap_servers=kafka.address)
+        # an external broker is reached the way the worker reaches it (STREAM_VAE_KAFKA__* security settings);
+        # the embedded one speaks plain Kafka whatever the environment says
+        self.external = not kafka.kind.startswith("embedded")
+        base = Settings().kafka if self.external else KafkaSettings()
+        self.ks = base.model_copy(update={"bootstrap_servers": kafka.address})
         self.port = free_port()
         self.version = ""
 
@@ -204,8 +208,10 @@ class Demo:
                      f"{model.calibrator.method} fpr={model.calibrator.fpr}) in Redis")
 
     def env(self, port: int) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items()  # the embedded broker speaks plain Kafka
+                     if self.external or not k.startswith(("STREAM_VAE_KAFKA__SECURITY", "STREAM_VAE_KAFKA__SASL"))}
         return {
-            **os.environ,
+            **inherited,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.address,
             "STREAM_VAE_KAFKA__BOOTSTRAP_SERVERS": self.kafka.address,
             "STREAM_VAE_REDIS__URL": self.redis.url,

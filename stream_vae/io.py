@@ -16,10 +16,20 @@ from stream_vae.topology import Topology
 
 def read_rows(path: str | Path, topology: Topology) -> list[dict[str, Any]]:
     """Rows as dicts with the topology's field names. CSV needs a header naming every feature;
-    ``.npy`` is a float array ``[N, D]`` in feature order (entity ``"0"``)."""
+    ``.npy`` is a float array ``[N, D]`` in feature order. Without a key column every row belongs to
+    entity ``"0"`` (a worker sends a record without its key field to the dead-letter topic)."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: input file not found")
+    if not p.is_file():
+        raise ConfigError(f"{p}: not a file")
+    rows = _read(p, topology)
+    if not rows:
+        raise ConfigError(f"{p}: no data rows")
+    return rows
+
+
+def _read(p: Path, topology: Topology) -> list[dict[str, Any]]:
     names = topology.feature_names
     if p.suffix == ".npy":
         arr = np.load(p, allow_pickle=False)
@@ -34,7 +44,7 @@ def read_rows(path: str | Path, topology: Topology) -> list[dict[str, Any]]:
                 r[topology.timestamp_field] = i
             rows.append(r)
         return rows
-    with p.open(newline="") as fh:
+    with p.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark is not a name
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         missing = [n for n in names if n not in header]
@@ -54,6 +64,8 @@ def read_rows(path: str | Path, topology: Topology) -> list[dict[str, Any]]:
                 if f == topology.timestamp_field and isinstance(v, str) and v.lstrip("-").isdigit():
                     v = int(v)
                 row[f] = v
+            if topology.key_field and topology.key_field not in keep:
+                row[topology.key_field] = "0"
             out.append(row)
         return out
 
@@ -72,6 +84,8 @@ def rows_to_matrix(rows: list[dict[str, Any]], topology: Topology) -> tuple[Floa
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        raise ConfigError(f"{path}: no rows to write")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", newline="") as fh:

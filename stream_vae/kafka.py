@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -11,7 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from stream_vae.config import KafkaSettings
 from stream_vae.exceptions import BrokerError
@@ -22,20 +21,44 @@ def unreachable(kafka: KafkaSettings, exc: Exception) -> BrokerError:
 
 
 async def ensure_topics(kafka: KafkaSettings, topics: dict[str, int]) -> None:
-    """Create the topics that do not exist yet (name -> partitions)."""
+    """Create the topics that do not exist yet (name -> partitions), with ``kafka.replication_factor``."""
     admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=10_000)
     try:
         await admin.start()
     except KafkaConnectionError as exc:
+        await admin.close()
         raise unreachable(kafka, exc) from None
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+        new = [NewTopic(t, n, kafka.replication_factor) for t, n in topics.items() if t not in existing]
         if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won the race
-                await admin.create_topics(new)
+            # the broker answers per topic instead of raising: a policy, an ACL or a replication factor
+            # the cluster cannot place would otherwise pass unnoticed until the first publish times out
+            failed = creation_failures((await admin.create_topics(new)).topic_errors)
+            if failed:
+                raise BrokerError(f"could not create topics: {failed}")
+    except KafkaError as exc:
+        raise BrokerError(f"creating topics {sorted(topics)}: {exc}") from None
     finally:
         await admin.close()
+
+
+def creation_failures(topic_errors: Sequence[tuple[Any, ...]]) -> str:
+    """The per-topic errors of a CreateTopics answer, as one line ('' when every topic was created or
+    already existed, e.g. made by a concurrent creator).
+
+    >>> creation_failures([("a", 0, None), ("b", 36, "Topic with this name already exists.")])
+    ''
+    >>> creation_failures([("c", 38, "Replication factor: 3 larger than available brokers: 1.")])
+    'c: Replication factor: 3 larger than available brokers: 1.'
+    >>> creation_failures([("d", 29)])  # CreateTopics v0 answers carry no message
+    'd: TopicAuthorizationFailedError'
+    """
+    return "; ".join(
+        f"{t}: {rest[0] if rest and rest[0] else for_code(code).__name__}"
+        for t, code, *rest in topic_errors
+        if code not in (0, TopicAlreadyExistsError.errno)
+    )
 
 
 async def produce_rows(
@@ -52,10 +75,13 @@ async def produce_rows(
 
     ``on_ack(row_index, partition, offset)`` is called for every acknowledged record.
     """
+    if rate is not None and rate <= 0:
+        rate = None  # no limit, as the CLI documents (not one record per round trip)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=10, max_batch_size=1 << 20, acks="all")
     try:
         await producer.start()
     except KafkaConnectionError as exc:
+        await producer.stop()
         raise unreachable(kafka, exc) from None
     t0 = time.monotonic()
     sent = 0
@@ -96,7 +122,12 @@ async def tail(
     idle_s: float = 2.0,
     stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Any]:
-    """Yield messages of ``topics`` without joining a group; without ``follow`` stop after ``idle_s`` of silence."""
+    """Yield messages of ``topics`` without joining a group.
+
+    Without ``follow``: what the topics hold now, then return (at the end offsets read at the start, or
+    after ``idle_s`` of silence, whichever comes first). With ``follow``: keep reading, and start reading a
+    topic as soon as it is created.
+    """
     consumer = AIOKafkaConsumer(
         **kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -104,35 +135,64 @@ async def tail(
     try:
         await consumer.start()
     except KafkaConnectionError as exc:
+        await consumer.stop()
         raise unreachable(kafka, exc) from None
     try:
-        tps: list[TopicPartition] = []
-        while True:
-            await consumer.topics()  # a metadata request for every topic: partitions_for_topic needs it
-            tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
-            if tps and {tp.topic for tp in tps} == set(topics):
-                break
-            if not follow or (stop is not None and stop.is_set()):
-                if not tps:
-                    return
-                break
-            await asyncio.sleep(0.5)  # following a topic nobody created yet: wait for it
-        consumer.assign(tps)
-        if from_beginning:
-            await consumer.seek_to_beginning(*tps)
-        else:
-            await consumer.seek_to_end(*tps)
-        quiet_since = time.monotonic()
+        assigned: list[TopicPartition] = []
+        end: dict[TopicPartition, int] = {}
+        checked, first = -float("inf"), True
+        quiet_since, started_ms = time.monotonic(), time.time() * 1000
         while stop is None or not stop.is_set():
+            if len({tp.topic for tp in assigned}) < len(set(topics)) and time.monotonic() - checked > 0.5:
+                checked = time.monotonic()
+                fresh = await _partitions(consumer, [t for t in topics if t not in {tp.topic for tp in assigned}])
+                if fresh:  # a topic created since (or at the start): read it from its first or next record
+                    at = {tp: await consumer.position(tp) for tp in assigned}  # assign() forgets positions
+                    assigned += fresh
+                    consumer.assign(assigned)
+                    for tp, offset in at.items():
+                        consumer.seek(tp, offset)
+                    if from_beginning or not first:  # a topic created while we follow: all of it is new
+                        await consumer.seek_to_beginning(*fresh)
+                    else:
+                        await consumer.seek_to_end(*fresh)
+                    if not follow:
+                        end.update(await consumer.end_offsets(fresh))
+                first = False
+            if not assigned:
+                if not follow:
+                    return
+                await asyncio.sleep(0.5)  # following topics nobody created yet: wait for them
+                continue
             got = await consumer.getmany(timeout_ms=200)
             if got:
                 quiet_since = time.monotonic()
                 for msgs in got.values():
                     for m in msgs:
                         yield m
-            elif not follow and time.monotonic() - quiet_since > idle_s:
+            if not follow and (
+                # caught up with what the topics held at the start: nothing more, or only records written since
+                # (both, since some brokers, e.g. Tansu, understate end offsets), or silent for idle_s
+                (await _read_to(consumer, end) and all(m.timestamp >= started_ms for ms in got.values() for m in ms))
+                or time.monotonic() - quiet_since > idle_s
+            ):
                 return
     except KafkaError as exc:
         raise BrokerError(f"reading {list(topics)}: {exc}") from None
     finally:
         await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
+    # fresh metadata for every topic, as consumer.topics() fetches it: the consumer's own metadata only
+    # follows the assigned topics, so it would never see a topic created after the first assign()
+    cluster = await consumer._client.fetch_all_metadata()
+    return [TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
+
+
+async def _read_to(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    """Whether every partition was read up to the end offset it had when the tail started."""
+    for tp, n in end.items():
+        if await consumer.position(tp) < n:
+            return False
+    return True

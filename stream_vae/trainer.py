@@ -149,7 +149,8 @@ class Trainer:
     def handle(self, data: dict[str, Any]) -> list[tuple[str, bytes]]:
         """One ``control.recalibrate`` event -> ``(topic, value)`` messages to publish."""
         topo = self.topologies.get(str(data.get("stream")))
-        if topo is None:
+        if topo is None:  # another installation's stream (same topic and group) or a topology not loaded here
+            log.warning("recalibrate_unknown_stream", stream=data.get("stream"), known=sorted(self.topologies))
             return []
         episode = str(data.get("episode", ""))
         if episode and not self.registry.client.set(

@@ -78,9 +78,9 @@ def helm_run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
-def render(*args: str, namespace: str = "ns") -> list[dict[str, Any]]:
+def render(*args: str, namespace: str = "ns", release: str = "sv") -> list[dict[str, Any]]:
     """``helm template`` the chart and return its non-empty documents."""
-    res = helm_run("template", "sv", str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION, *args)
+    res = helm_run("template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION, *args)
     assert res.returncode == 0, f"helm template {' '.join(args)} failed:\n{res.stderr}"
     return [d for d in yaml.safe_load_all(res.stdout) if d]
 
@@ -97,6 +97,16 @@ def render_fails(tmp_path: Path, values: dict[str, Any]) -> str:
     res = helm_run("template", "sv", str(CHART), "--kube-version", KUBE_VERSION, "-f", str(f))
     assert res.returncode != 0, f"helm template accepted bad values {values}"
     return res.stderr
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def by_component(docs: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    return [
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
 
 
 def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -196,14 +206,14 @@ def prod_docs() -> list[dict[str, Any]]:
 EVERYTHING_ON: dict[str, Any] = {
     "worker": {
         "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80},
-        "tuning": {"max_batch": 1000, "poll_timeout_ms": 100, "max_record_bytes": 4096, "model_poll_s": 2.5,
+        "tuning": {"max_batch": 1000, "poll_timeout_ms": 100, "torch_threads": 2, "model_poll_s": 2.5,
                    "checkpoint_s": 5, "entity_ttl_s": 86400},
     },
-    "trainer": {"pdb": {"enabled": True}},
+    "trainer": {"pdb": {"enabled": True}, "tuning": {"torch_threads": 3}},
     "networkPolicy": {"enabled": True},
     "serviceMonitor": {"enabled": True},
     "dashboard": {"enabled": True},
-    "kafka": {"clientId": "sv", "sessionTimeoutMs": 6000, "rebalanceTimeoutMs": 9000},
+    "kafka": {"clientId": "sv", "sessionTimeoutMs": 6000, "rebalanceTimeoutMs": 9000, "replicationFactor": 2},
     "redis": {"prefix": "sv"},
 }
 
@@ -405,6 +415,11 @@ def test_chart_refuses_credentials_as_values(tmp_path: Path, values: dict[str, A
         ({"worker": {"keda": {"offsetResetPolicy": "newest"}}}, "/worker/keda/offsetResetPolicy"),
         ({"worker": {"tuning": {"max_batchh": 10}}}, "/worker/tuning"),
         ({"image": {"repository": 7}}, "/image/repository"),
+        ({"worker": {"tuning": {"max_record_bytes": 1048576}}}, "/worker/tuning"),
+        ({"trainer": {"tuning": {"max_batch": 10}}}, "/trainer/tuning"),
+        ({"kafka": {"replicationFactor": 0}}, "/kafka/replicationFactor"),
+        ({"kafka": {"replicationFactor": -1}}, "/kafka/replicationFactor"),  # aiokafka cannot ask for -1
+        ({"worker": {"extraVolumes": [{"secret": {"secretName": "x"}}]}}, "/worker/extraVolumes"),
     ],
     ids=[
         "unknown-top-level",
@@ -416,6 +431,11 @@ def test_chart_refuses_credentials_as_values(tmp_path: Path, values: dict[str, A
         "keda-enum",
         "tuning-unknown-key",
         "image-type",
+        "max-record-bytes-is-a-topology-field",
+        "trainer-tuning-unknown-key",
+        "replication-factor-zero",
+        "replication-factor-negative",
+        "extra-volume-without-name",
     ],
 )
 def test_schema_rejects_bad_values(tmp_path: Path, values: dict[str, Any], fragment: str) -> None:
@@ -510,7 +530,8 @@ def test_keda_scales_on_consumer_group_lag(prod_docs: list[dict[str, Any]]) -> N
         assert trig["authenticationRef"]["name"]
     (ta,) = of_kind(prod_docs, "TriggerAuthentication")
     assert ta["spec"]["secretTargetRef"] == [
-        {"parameter": "password", "name": "stream-vae-kafka", "key": "sasl-password"}
+        {"parameter": "password", "name": "stream-vae-kafka", "key": "sasl-password"},
+        {"parameter": "ca", "name": "stream-vae-kafka-ca", "key": "ca.crt"},
     ]
 
 
@@ -581,6 +602,270 @@ def test_notes_tell_how_to_publish_and_where_alerts_arrive() -> None:
         "/metrics",
     ]:
         assert needle in notes, f"NOTES lack {needle!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# TLS with private CAs, extra volumes
+
+
+KAFKA_CA_FILE = "/etc/stream-vae/kafka-ca/ca.crt"
+REDIS_CA_FILE = "/etc/stream-vae/redis-ca/ca.crt"
+
+
+def _assert_ca_mounted(docs: list[dict[str, Any]], label: str, kafka: tuple[str, str], redis: tuple[str, str]) -> None:
+    """Every worker and trainer pod mounts both CA Secrets read-only at the fixed paths the env names."""
+    seen = set()
+    for name, spec in pod_specs(docs):
+        seen.add(spec["containers"][0]["name"])
+        vols = {v["name"]: v for v in spec["volumes"]}
+        (c,) = spec["containers"]
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        for path, (secret, key) in ((KAFKA_CA_FILE, kafka), (REDIS_CA_FILE, redis)):
+            mount = mounts[path.rsplit("/", 1)[0]]
+            assert mount["readOnly"] is True, f"{label} {name}: {mount}"
+            assert vols[mount["name"]]["secret"] == {
+                "secretName": secret, "items": [{"key": key, "path": "ca.crt"}]
+            }, f"{label} {name}"
+        env = env_of(c)
+        assert env["STREAM_VAE_KAFKA__SSL_CAFILE"]["value"] == KAFKA_CA_FILE, f"{label} {name}"
+        url = env["STREAM_VAE_REDIS__URL"]["value"]
+        assert re.search(rf"[?&]ssl_ca_certs={re.escape(REDIS_CA_FILE)}(&|$)", url), f"{label} {name}: {url}"
+    assert seen == {"worker", "trainer"}, label
+
+
+@needs_helm
+def test_private_ca_bundles_reach_workers_trainer_and_keda(tmp_path: Path) -> None:
+    """kafka.tls.caSecret / redis.tls.caSecret mount the CAs, set SSL_CAFILE and ssl_ca_certs, and feed KEDA."""
+    docs = render_values(tmp_path, {
+        **FAKE_SECRETS,
+        "kafka": {**FAKE_SECRETS["kafka"], "tls": {"caSecret": "corp-kafka-ca", "caKey": "bundle.pem"}},
+        "redis": {"url": "rediss://r.internal:6380/0", "tls": {"caSecret": "corp-redis-ca"}},
+        "worker": {"keda": {"enabled": True}},
+    })
+    _assert_ca_mounted(docs, "sasl-ssl", ("corp-kafka-ca", "bundle.pem"), ("corp-redis-ca", "ca.crt"))
+    for _, c in containers(docs):
+        assert env_of(c)["STREAM_VAE_REDIS__URL"]["value"] == f"rediss://r.internal:6380/0?ssl_ca_certs={REDIS_CA_FILE}"
+    (ta,) = of_kind(docs, "TriggerAuthentication")
+    assert {"parameter": "ca", "name": "corp-kafka-ca", "key": "bundle.pem"} in ta["spec"]["secretTargetRef"]
+    # SSL without SASL: KEDA still needs a TriggerAuthentication for the CA alone.
+    docs = render_values(tmp_path, {
+        "kafka": {"securityProtocol": "SSL", "tls": {"caSecret": "corp-kafka-ca"}},
+        "redis": {"url": "rediss://r.internal:6380/0?db=0&ssl_ca_certs=" + REDIS_CA_FILE,
+                  "tls": {"caSecret": "corp-redis-ca", "caKey": "root.pem"}},
+        "worker": {"keda": {"enabled": True}},
+    })
+    _assert_ca_mounted(docs, "ssl", ("corp-kafka-ca", "ca.crt"), ("corp-redis-ca", "root.pem"))
+    for _, c in containers(docs):  # a URL that already names the mounted CA is kept as it is
+        assert env_of(c)["STREAM_VAE_REDIS__URL"]["value"] == f"rediss://r.internal:6380/0?db=0&ssl_ca_certs={REDIS_CA_FILE}"
+    (ta,) = of_kind(docs, "TriggerAuthentication")
+    assert ta["spec"] == {"secretTargetRef": [{"parameter": "ca", "name": "corp-kafka-ca", "key": "ca.crt"}]}
+    (so,) = of_kind(docs, "ScaledObject")
+    assert so["spec"]["triggers"][0]["authenticationRef"] == {"name": ta["metadata"]["name"]}
+    assert so["spec"]["triggers"][0]["metadata"]["tls"] == "enable"
+
+
+@needs_helm
+def test_production_example_trusts_its_private_cas(prod_docs: list[dict[str, Any]]) -> None:
+    """deploy/values-production.yaml (Kafka on .internal, Redis on .svc.cluster.local) verifies both with its CAs."""
+    _assert_ca_mounted(prod_docs, "production", ("stream-vae-kafka-ca", "ca.crt"), ("stream-vae-redis-ca", "ca.crt"))
+
+
+@needs_helm
+def test_default_render_has_no_ca_mounts(default_docs: list[dict[str, Any]]) -> None:
+    """Without caSecret values nothing is mounted and the system CAs apply (no SSL_CAFILE, URL untouched)."""
+    for name, spec in pod_specs(default_docs):
+        assert {v["name"] for v in spec["volumes"]} == {"topologies", "tmp"}, name
+        env = env_of(spec["containers"][0])
+        assert "STREAM_VAE_KAFKA__SSL_CAFILE" not in env, name
+        assert env["STREAM_VAE_REDIS__URL"]["value"] == chart_values()["redis"]["url"], name
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"kafka": {"tls": {"caSecret": "ca"}}}, "kafka.tls.caSecret is set but kafka.securityProtocol is PLAINTEXT"),
+        ({"redis": {"tls": {"caSecret": "ca"}}}, "redis.url is not a rediss://"),
+        ({"redis": {"url": "rediss://r:6380/0?ssl_ca_certs=/etc/ssl/other.pem", "tls": {"caSecret": "ca"}}},
+         "ssl_ca_certs=/etc/stream-vae/redis-ca/ca.crt"),
+        ({"worker": {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]}}, 'volume name "tmp" is taken'),
+    ],
+    ids=["kafka-ca-without-tls", "redis-ca-without-rediss", "redis-url-names-another-ca", "extra-volume-name-taken"],
+)
+def test_ca_and_volume_misuse_fails_clearly(tmp_path: Path, values: dict[str, Any], message: str) -> None:
+    """A CA Secret that would never be used, or a volume name the chart already uses, fails the render."""
+    assert message in render_fails(tmp_path, values)
+
+
+@needs_helm
+def test_extra_volumes_reach_worker_and_trainer(tmp_path: Path) -> None:
+    """worker/trainer.extraVolumes and extraVolumeMounts are added to their own pods, after the chart's."""
+    docs = render_values(tmp_path, {
+        "worker": {"extraVolumes": [{"name": "client-cert", "secret": {"secretName": "kafka-client"}}],
+                   "extraVolumeMounts": [{"name": "client-cert", "mountPath": "/etc/client", "readOnly": True}]},
+        "trainer": {"extraVolumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}],
+                    "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]},
+    })
+    for component, vol, mount in (
+        ("worker", {"name": "client-cert", "secret": {"secretName": "kafka-client"}},
+         {"name": "client-cert", "mountPath": "/etc/client", "readOnly": True}),
+        ("trainer", {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}},
+         {"name": "scratch", "mountPath": "/scratch"}),
+    ):
+        (d,) = by_component(docs, component)
+        spec = d["spec"]["template"]["spec"]
+        assert spec["volumes"][-1] == vol, component
+        assert spec["containers"][0]["volumeMounts"][-1] == mount, component
+        assert {v["name"] for v in spec["volumes"]} == {"topologies", "tmp", vol["name"]}, component
+
+
+# ----------------------------------------------------------------------------------------------
+# Kafka topics and groups, numbers, tuning
+
+
+@needs_helm
+def test_replication_factor_is_rendered_only_when_set(
+    default_docs: list[dict[str, Any]], prod_docs: list[dict[str, Any]]
+) -> None:
+    """kafka.replicationFactor: unset keeps the code's default; production asks for 3; 2 is passed through."""
+    assert chart_values()["kafka"]["replicationFactor"] is None
+    two = render("--set", "kafka.replicationFactor=2")
+    for label, docs, want in (("default", default_docs, None), ("production", prod_docs, "3"),
+                              ("two", two, "2")):
+        seen = 0
+        for where, c in containers(docs):
+            seen += 1
+            got = env_of(c).get("STREAM_VAE_KAFKA__REPLICATION_FACTOR")
+            assert (got and got["value"]) == want or (got is None and want is None), f"{label} {where}: {got}"
+        assert seen >= 2, label
+
+
+@needs_helm
+def test_trainer_consumer_group_is_scoped_to_the_release() -> None:
+    """The trainer's group is <fullname>-trainer (also its Deployment's name); workers do not set it."""
+    for release, args in (
+        ("sv", ()),
+        ("monitor", ()),
+        ("stream-vae", ("-f", str(PROD_VALUES))),
+        ("x", ("--set", "fullnameOverride=team-a-anomaly")),
+    ):
+        docs = render(*args, release=release)
+        (trainer,) = by_component(docs, "trainer")
+        group = env_of(trainer["spec"]["template"]["spec"]["containers"][0])["STREAM_VAE_KAFKA__TRAINER_GROUP_ID"]
+        assert group["value"] == trainer["metadata"]["name"], release
+        assert group["value"] == {"sv": "sv-stream-vae-trainer", "monitor": "monitor-stream-vae-trainer",
+                                  "stream-vae": "stream-vae-trainer", "x": "team-a-anomaly-trainer"}[release]
+        for w in by_component(docs, "worker"):
+            assert "STREAM_VAE_KAFKA__TRAINER_GROUP_ID" not in env_of(w["spec"]["template"]["spec"]["containers"][0])
+
+
+@needs_helm
+def test_large_numbers_render_as_plain_integers(tmp_path: Path) -> None:
+    """Numbers from a values file (float64 to helm) of 1e6 and more render as integers, never 1e+06."""
+    docs = render_values(tmp_path, {
+        "worker": {
+            "tuning": {"max_batch": 1048576, "poll_timeout_ms": 2000000,
+                       "checkpoint_s": 2.5, "model_poll_s": 0.25, "entity_ttl_s": 31536000},
+            "keda": {"enabled": True, "lagThreshold": 1000000, "activationLagThreshold": 5000000,
+                     "cooldownPeriod": 1000000, "pollingInterval": 1000000},
+        },
+        "kafka": {"sessionTimeoutMs": 1000000, "rebalanceTimeoutMs": 3000000},
+    })
+    blob = yaml.safe_dump_all(docs)
+    assert not re.search(r"\de[+-]\d", blob), "a number rendered in scientific notation"
+    (w,) = by_component(docs, "worker")
+    env = {k: e["value"] for k, e in env_of(w["spec"]["template"]["spec"]["containers"][0]).items() if "value" in e}
+    assert env["STREAM_VAE_WORKER__MAX_BATCH"] == "1048576"
+    assert env["STREAM_VAE_WORKER__POLL_TIMEOUT_MS"] == "2000000"
+    assert env["STREAM_VAE_WORKER__CHECKPOINT_S"] == "2.5"
+    assert env["STREAM_VAE_WORKER__MODEL_POLL_S"] == "0.25"
+    assert env["STREAM_VAE_WORKER__ENTITY_TTL_S"] == "31536000"
+    assert env["STREAM_VAE_KAFKA__SESSION_TIMEOUT_MS"] == "1000000"
+    assert env["STREAM_VAE_KAFKA__REBALANCE_TIMEOUT_MS"] == "3000000"
+    (so,) = of_kind(docs, "ScaledObject")
+    md = so["spec"]["triggers"][0]["metadata"]
+    assert (md["lagThreshold"], md["activationLagThreshold"]) == ("1000000", "5000000")
+    assert so["spec"]["cooldownPeriod"] == 1000000 and so["spec"]["pollingInterval"] == 1000000
+    for name in ("STREAM_VAE_WORKER__MAX_BATCH", "STREAM_VAE_WORKER__POLL_TIMEOUT_MS"):
+        int(env[name])  # what pydantic's int fields accept
+
+
+@needs_helm
+def test_torch_threads_reach_workers_and_trainer(prod_docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    """worker.tuning.torch_threads and trainer.tuning.torch_threads set STREAM_VAE_WORKER__TORCH_THREADS per pod."""
+    docs = render_values(tmp_path, {"worker": {"tuning": {"torch_threads": 3, "max_batch": 100}},
+                                    "trainer": {"tuning": {"torch_threads": 2}}})
+    (w,) = by_component(docs, "worker")
+    (t,) = by_component(docs, "trainer")
+    wenv = env_of(w["spec"]["template"]["spec"]["containers"][0])
+    tenv = env_of(t["spec"]["template"]["spec"]["containers"][0])
+    assert wenv["STREAM_VAE_WORKER__TORCH_THREADS"]["value"] == "3"
+    assert tenv["STREAM_VAE_WORKER__TORCH_THREADS"]["value"] == "2"
+    assert "STREAM_VAE_WORKER__MAX_BATCH" not in tenv, "worker.tuning is the workers' only"
+    (pt,) = by_component(prod_docs, "trainer")
+    assert env_of(pt["spec"]["template"]["spec"]["containers"][0])["STREAM_VAE_WORKER__TORCH_THREADS"]["value"] == "2"
+
+
+@needs_helm
+def test_no_pod_sets_the_dropped_max_record_bytes_setting(
+    default_docs: list[dict[str, Any]], prod_docs: list[dict[str, Any]]
+) -> None:
+    """The record size limit is the topology's max_record_bytes: no STREAM_VAE_WORKER__MAX_RECORD_BYTES, no value."""
+    for label, docs in {"default": default_docs, "production": prod_docs}.items():
+        for where, c in containers(docs):
+            assert "STREAM_VAE_WORKER__MAX_RECORD_BYTES" not in env_of(c), f"{label} {where}"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert "max_record_bytes" not in schema["properties"]["worker"]["properties"]["tuning"]["properties"]
+    assert not re.search(r"max_record_bytes:\s*\d", (CHART / "values.yaml").read_text()), "values.yaml offers it"
+    readme = (CHART / "README.md").read_text()
+    assert "`max_record_bytes` in each topology" in readme
+
+
+# ----------------------------------------------------------------------------------------------
+# disruption budgets, names
+
+
+@needs_helm
+def test_pdbs_let_drains_evict_unready_pods_from_kubernetes_1_27() -> None:
+    """On 1.27+ every PDB sets unhealthyPodEvictionPolicy: AlwaysAllow; older clusters get no such field."""
+    for kube, want in (("1.30.0", "AlwaysAllow"), ("1.27.0", "AlwaysAllow"), ("1.26.5", None), ("1.25.0", None)):
+        docs = render("--set", "trainer.pdb.enabled=true", "--kube-version", kube)
+        pdbs = of_kind(docs, "PodDisruptionBudget")
+        assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pdbs} == {"worker", "trainer"}
+        for p in pdbs:
+            assert p["spec"].get("unhealthyPodEvictionPolicy") == want, f"{kube}: {p['metadata']['name']}"
+
+
+TWO_STREAMS = """name: {name}
+input_topic: records.{topic}
+features:
+  - {{name: x, type: float}}
+"""
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("names", "extra", "message"),
+    [
+        (("pay_eu", "pay-eu"), {}, 'both map to the Kubernetes name suffix "pay-eu"'),
+        (("pay.eu", "pay-eu"), {}, 'both map to the Kubernetes name suffix "pay-eu"'),
+        (("a" * 40 + "x", "a" * 40 + "y"), {}, "both map to the Kubernetes name suffix"),
+        (("payments_europe_x", "payments_europe_y"),
+         {"fullnameOverride": "a-very-long-full-name-for-this-release-of-stream-vae"},
+         "both get the worker Deployment name"),
+    ],
+    ids=["underscore", "dot", "cut-at-40", "cut-at-63"],
+)
+def test_topology_names_that_collide_as_object_names_fail(
+    tmp_path: Path, names: tuple[str, str], extra: dict[str, Any], message: str
+) -> None:
+    """Two topologies that would render Deployments (and selectors) with one name fail the render, naming both."""
+    topologies: dict[str, Any] = {"demo": None}
+    for i, n in enumerate(names):
+        topologies[n] = {"partitions": 2, "topology": TWO_STREAMS.format(name=n, topic=i)}
+    err = render_fails(tmp_path, {"topologies": topologies, **extra})
+    assert message in err, err
+    assert all(f"topologies.{n}" in err for n in names), err
 
 
 # ----------------------------------------------------------------------------------------------

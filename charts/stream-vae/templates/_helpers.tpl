@@ -62,11 +62,42 @@ app.kubernetes.io/part-of: stream-vae
 {{/* Directory the topologies ConfigMap is mounted at (also STREAM_VAE_TOPOLOGY_DIR). */}}
 {{- define "stream-vae.topologyDir" -}}/etc/stream-vae/topologies{{- end -}}
 
+{{/* Fixed paths of the private CA bundles (kafka.tls.caSecret, redis.tls.caSecret). */}}
+{{- define "stream-vae.kafkaCaDir" -}}/etc/stream-vae/kafka-ca{{- end -}}
+{{- define "stream-vae.redisCaDir" -}}/etc/stream-vae/redis-ca{{- end -}}
+{{- define "stream-vae.kafkaCaFile" -}}{{ include "stream-vae.kafkaCaDir" . }}/ca.crt{{- end -}}
+{{- define "stream-vae.redisCaFile" -}}{{ include "stream-vae.redisCaDir" . }}/ca.crt{{- end -}}
+
+{{/*
+A number as a plain string: values files give helm float64s, which toString writes in scientific
+notation from 1e6 on (1048576 -> "1.048576e+06", which an int setting or KEDA refuses). Whole numbers
+render as integers, others (2.5) unchanged, strings as they are. Argument: the value.
+*/}}
+{{- define "stream-vae.num" -}}
+{{- if kindIs "float64" . -}}
+{{- if eq . (floor .) -}}{{ int64 . }}{{- else -}}{{ toString . }}{{- end -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Redis URL the pods get: redis.url, plus `ssl_ca_certs=<mounted CA>` when redis.tls.caSecret is set
+and the URL does not name a CA file itself (redis-py reads ssl_ca_certs from the URL's query).
+*/}}
+{{- define "stream-vae.redisUrl" -}}
+{{- $url := .Values.redis.url -}}
+{{- if and (dig "tls" "caSecret" "" .Values.redis) (not (regexMatch "[?&]ssl_ca_certs=" $url)) -}}
+{{- $url = printf "%s%sssl_ca_certs=%s" $url (ternary "&" "?" (contains "?" $url)) (include "stream-vae.redisCaFile" .) -}}
+{{- end -}}
+{{- $url -}}
+{{- end -}}
+
 {{/*
 The enabled topologies, checked and resolved, as a JSON object {"items": [...]}, sorted by name.
 Each item: name, slug (DNS-safe), file, partitions, replicas, maxReplicas, resources, inputTopic,
 consumerGroup, keyField, timestampField, features, anomalyTopic, driftTopic, dlqTopic, text. Fails with a message naming the topology
-when its YAML is unreadable or disagrees with the values.
+when its YAML is unreadable or disagrees with the values, or when two topologies get one slug or worker name.
 */}}
 {{- define "stream-vae.topologies" -}}
 {{- $items := list -}}
@@ -114,6 +145,15 @@ when its YAML is unreadable or disagrees with the values.
 {{- if kindIs "map" $f -}}{{- $features = append $features (toString (get $f "name")) -}}{{- end -}}
 {{- end -}}
 {{- $slug := regexReplaceAll "[^a-z0-9-]+" $key "-" | trunc 40 | trimSuffix "-" -}}
+{{- $workerName := printf "%s-worker-%s" (include "stream-vae.fullname" $) $slug | trunc 63 | trimSuffix "-" -}}
+{{- range $other := $items -}}
+{{- if eq $other.slug $slug -}}
+{{- fail (printf "topologies.%s and topologies.%s both map to the Kubernetes name suffix %q (names are lower-cased to [a-z0-9-] and cut at 40 characters): their Deployments, PDBs and pod selectors would collide; rename one of them" $other.name $key $slug) -}}
+{{- end -}}
+{{- if eq (include "stream-vae.workerName" (list $ $other)) $workerName -}}
+{{- fail (printf "topologies.%s and topologies.%s both get the worker Deployment name %q (cut at 63 characters): shorten the release name / fullnameOverride or rename one of them" $other.name $key $workerName) -}}
+{{- end -}}
+{{- end -}}
 {{- $item := dict
       "name" $key
       "slug" $slug
@@ -169,6 +209,14 @@ secretKeyRef.
 - name: STREAM_VAE_KAFKA__REBALANCE_TIMEOUT_MS
   value: {{ .Values.kafka.rebalanceTimeoutMs | int | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" .Values.kafka.replicationFactor) }}
+- name: STREAM_VAE_KAFKA__REPLICATION_FACTOR
+  value: {{ .Values.kafka.replicationFactor | int | quote }}
+{{- end }}
+{{- if dig "tls" "caSecret" "" .Values.kafka }}
+- name: STREAM_VAE_KAFKA__SSL_CAFILE
+  value: {{ include "stream-vae.kafkaCaFile" . | quote }}
+{{- end }}
 {{- if .Values.kafka.sasl.mechanism }}
 - name: STREAM_VAE_KAFKA__SASL_MECHANISM
   value: {{ .Values.kafka.sasl.mechanism | quote }}
@@ -181,7 +229,7 @@ secretKeyRef.
       key: {{ .Values.kafka.sasl.passwordKey | quote }}
 {{- end }}
 - name: STREAM_VAE_REDIS__URL
-  value: {{ .Values.redis.url | quote }}
+  value: {{ include "stream-vae.redisUrl" . | quote }}
 {{- with .Values.redis.prefix }}
 - name: STREAM_VAE_REDIS__PREFIX
   value: {{ . | quote }}
@@ -208,6 +256,51 @@ secretKeyRef.
   value: {{ .Values.logging.level | quote }}
 - name: STREAM_VAE_TOPOLOGY_DIR
   value: {{ include "stream-vae.topologyDir" . | quote }}
+{{- end -}}
+
+{{/*
+Volumes shared by workers and the trainer besides topologies and /tmp: the private CA bundles, then the
+component's extraVolumes. Argument: (list $ componentValues).
+*/}}
+{{- define "stream-vae.extraVolumes" -}}
+{{- $ := index . 0 -}}{{- $c := index . 1 -}}
+{{- with (dig "tls" "caSecret" "" $.Values.kafka) }}
+- name: kafka-ca
+  secret:
+    secretName: {{ . | quote }}
+    items:
+      - key: {{ $.Values.kafka.tls.caKey | quote }}
+        path: ca.crt
+{{- end }}
+{{- with (dig "tls" "caSecret" "" $.Values.redis) }}
+- name: redis-ca
+  secret:
+    secretName: {{ . | quote }}
+    items:
+      - key: {{ $.Values.redis.tls.caKey | quote }}
+        path: ca.crt
+{{- end }}
+{{- with $c.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Mounts matching stream-vae.extraVolumes. Argument: (list $ componentValues). */}}
+{{- define "stream-vae.extraVolumeMounts" -}}
+{{- $ := index . 0 -}}{{- $c := index . 1 -}}
+{{- if dig "tls" "caSecret" "" $.Values.kafka }}
+- name: kafka-ca
+  mountPath: {{ include "stream-vae.kafkaCaDir" $ }}
+  readOnly: true
+{{- end }}
+{{- if dig "tls" "caSecret" "" $.Values.redis }}
+- name: redis-ca
+  mountPath: {{ include "stream-vae.redisCaDir" $ }}
+  readOnly: true
+{{- end }}
+{{- with $c.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* Pod-level security context: fixed hardening plus the ids from values. */}}
@@ -266,6 +359,27 @@ readinessProbe:
 {{- end -}}
 {{- if and .Values.worker.autoscaling.enabled .Values.worker.keda.enabled -}}
 {{- fail "worker.autoscaling.enabled and worker.keda.enabled are both true: KEDA manages its own HorizontalPodAutoscaler, pick one" -}}
+{{- end -}}
+{{- if and (dig "tls" "caSecret" "" .Values.kafka) (not (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL"))) -}}
+{{- fail (printf "kafka.tls.caSecret is set but kafka.securityProtocol is %s: a CA bundle is only used with SSL or SASL_SSL" .Values.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if dig "tls" "caSecret" "" .Values.redis -}}
+{{- if not (hasPrefix "rediss://" .Values.redis.url) -}}
+{{- fail "redis.tls.caSecret is set but redis.url is not a rediss:// (TLS) URL" -}}
+{{- end -}}
+{{- $ca := regexFind "[?&]ssl_ca_certs=[^&#]*" .Values.redis.url -}}
+{{- if and $ca (ne (regexReplaceAll "^[?&]ssl_ca_certs=" $ca "") (include "stream-vae.redisCaFile" .)) -}}
+{{- fail (printf "redis.url sets %s but redis.tls.caSecret mounts the CA at %s: use ssl_ca_certs=%s (or leave it out; the chart adds it)" (trimPrefix "&" (trimPrefix "?" $ca)) (include "stream-vae.redisCaFile" .) (include "stream-vae.redisCaFile" .)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $c := list "worker" "trainer" -}}
+{{- $names := list "topologies" "tmp" "kafka-ca" "redis-ca" -}}
+{{- range $v := (default list (get (get $.Values $c) "extraVolumes")) -}}
+{{- if has $v.name $names -}}
+{{- fail (printf "%s.extraVolumes: the volume name %q is taken (the chart uses topologies, tmp, kafka-ca, redis-ca)" $c $v.name) -}}
+{{- end -}}
+{{- $names = append $names $v.name -}}
+{{- end -}}
 {{- end -}}
 {{- if or (regexMatch "^[a-z]+://[^?@]*:[^?]*@" .Values.redis.url) (regexMatch "(?i)[?&](password|pass|pwd)=" .Values.redis.url) -}}
 {{- fail "redis.url carries a password: put it in a Secret and name it in redis.existingSecret (key redis.passwordKey); passwords never go into values or ConfigMaps" -}}
