@@ -391,7 +391,11 @@ class BOCPD(_Declared):
             loc = c + m0 + m1 * h[0] + m2 * h[1]
             h1, h2 = h[0], h[1]
             var = (i00 + i11 * h1 * h1 + i22 * h2 * h2 + 2.0 * (i01 * h1 + i02 * h2 + i12 * h1 * h2)) / det
-        scale2 = np.maximum(bn, b0) / an * (1.0 + np.maximum(var, 0.0))
+        # each observation is read as rounded to the data's resolution q (variance q**2 / 12 each, and the
+        # prior scale is at least that, _noise_scale): on counts or quantised metrics a young run of
+        # identical values otherwise predicted its next value with a variance near 0, out-bid every longer
+        # run, and a stationary series "changed" every few steps. Negligible on continuous data.
+        scale2 = (np.maximum(bn, b0) + 0.5 * n * self._rounding_var()) / an * (1.0 + np.maximum(var, 0.0))
         nu = 2.0 * an
         top = self.max_run_length
         lg: FloatArray = self._lg_table[np.minimum(n, top).astype(np.intp)]
@@ -402,9 +406,16 @@ class BOCPD(_Declared):
         out: FloatArray = lg - 0.5 * np.log(nu * math.pi * scale2) - 0.5 * (nu + 1.0) * np.log1p(z2)
         return out
 
+    def _rounding_var(self) -> float:
+        """``q**2 / 12`` for the data's resolution ``q``, the smallest non-zero recent difference."""
+        d = np.fromiter(self._diffs, dtype=np.float64)
+        d = d[d > 0]
+        return float(d.min()) ** 2 / 12.0 if d.size else 0.0
+
     def _noise_scale(self, around: float) -> float:
         s = float(np.median(np.fromiter(self._diffs, dtype=np.float64))) / _MAD_TO_SIGMA if self._diffs else 0.0
-        return max(s, 1e-9 * (abs(around) + 1e-3))
+        # at least the rounding noise: on counts most differences are 0 and their median says nothing
+        return max(s, math.sqrt(self._rounding_var()), 1e-9 * (abs(around) + 1e-3))
 
     def _new_column(self, c: float) -> FloatArray:
         col = np.zeros((len(self._ROWS), 1))
@@ -837,7 +848,8 @@ class MultiSeriesDetector(_Declared):
             return v
         n, mean = self._count[d], self._mean[d]
         sd = math.sqrt(self._m2[d] / (n - 1)) if n >= 2 else 0.0
-        z = (v - mean) / max(sd, 1e-9 * (abs(mean) + 1e-3)) if n >= 1 else 0.0
+        # no spread before two values: the second one divided by the floor gave about -2e9, which blinded ADWIN
+        z = (v - mean) / max(sd, 1e-9 * (abs(mean) + 1e-3)) if n >= 2 else 0.0
         n += 1
         delta = v - mean
         self._mean[d] = mean + delta / n

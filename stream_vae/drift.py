@@ -64,10 +64,31 @@ class DriftSignal:
 
 
 def _level_shift(history: deque[float], since_cut: int) -> float:
-    """How far the level moved: mean of the 3 newest values minus the mean of up to 20 values before them."""
-    h = list(history)
-    recent, before = h[-3:], h[-3 - min(20, max(since_cut, 1)) : -3]
-    return float(np.mean(recent) - np.mean(before)) if before else 0.0
+    """How far the level moved since the last change: split the values since then where the two sides
+    differ most (the CUSUM estimate of the change point, at least 3 values a side), and take the mean after
+    the split minus the mean of up to 20 values before it.
+
+    A fixed split (the newest values against those just before) measured nothing for a moderate shift:
+    Page-Hinkley fires ``threshold / (shift - min_shift / 2)`` values after the change, by which time the
+    values "before" are already on the new level, and the change was dropped for being too small.
+
+    >>> from collections import deque
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.r_[rng.normal(0, 0.1, 60), rng.normal(0.7, 0.1, 25)]
+    >>> round(_level_shift(deque(x), len(x)), 1)
+    0.7
+    """
+    h = np.asarray(history, dtype=np.float64)[-max(since_cut, 1):]
+    n = len(h)
+    if n < 6:  # too few values since the last change to place a split: the newest against the ones before
+        full = list(history)
+        recent, before = full[-3:], full[-3 - min(20, max(since_cut, 1)) : -3]
+        return float(np.mean(recent) - np.mean(before)) if before else 0.0
+    c = np.cumsum(h)
+    k = np.arange(3, n - 2)  # values before the split
+    contrast = np.abs(c[k - 1] / k - (c[-1] - c[k - 1]) / (n - k)) * np.sqrt(k * (n - k) / n)
+    j = int(k[int(np.argmax(contrast))])
+    return float(h[j:].mean() - h[max(0, j - 20) : j].mean())
 
 
 def _ewm(prev: FloatArray, batch_mean: FloatArray, alpha: float, n: int) -> FloatArray:
@@ -127,6 +148,7 @@ class Watch:
         self._history: deque[float] = deque(maxlen=_HISTORY)
         self._since_cut = 0
         self.last_shift = 0.0
+        self.last_width = 0  # inputs from the previous change to the one just detected
 
     def update(self, x: float) -> bool:
         self._river.update(float(x))
@@ -135,7 +157,7 @@ class Watch:
         if not self._river.drift_detected:
             return False
         self.last_shift = _level_shift(self._history, self._since_cut)
-        self._since_cut = 0
+        self.last_width, self._since_cut = self._since_cut, 0
         return abs(self.last_shift) >= self.min_shift
 
     @property
@@ -259,7 +281,8 @@ class DriftMonitor:
             k = max(keys, key=lambda x: abs(fired[x]))
             out.append(DriftSignal(
                 stream=self.topology.name, topology_id=self.topology.name, test=test, detector=spec.detector,
-                statistic=fired[k], threshold=spec.min_shift, window=max(1, self._watch[k].width) * spec.block_size,
+                statistic=fired[k], threshold=spec.min_shift,
+                window=max(1, self._watch[k].last_width) * spec.block_size,
                 latent_dims=lat_dims, features=feats, model_version=self.model_version, partition=self.partition,
             ))
         return out
@@ -271,6 +294,10 @@ class DriftMonitor:
             "model_version": self.model_version,
             "ewm_feat": None if self._ewm_feat is None else self._ewm_feat.tolist(),
             "ewm_lat": self._ewm_lat.tolist(),
+            # the records of the block not closed yet: without them every restore (a rebalance, a deploy)
+            # dropped up to block_size - 1 records, and a partition moved more often than it filled a block
+            # would never close one
+            "block": np.concatenate(self._block).tolist() if self._block else [],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -285,3 +312,6 @@ class DriftMonitor:
             self._ewm_feat = np.asarray(state["ewm_feat"])
         if len(state.get("ewm_lat", [])) == len(self._ewm_lat):
             self._ewm_lat = np.asarray(state["ewm_lat"])
+        block = np.asarray(state.get("block") or [], dtype=np.float64)
+        if block.ndim == 2 and block.shape[1] == 2 + len(self._mu0) and len(block) < self.topology.drift.block_size:
+            self._block, self._n = [block], len(block)

@@ -253,3 +253,43 @@ def test_multi_rejects_bad_shapes() -> None:
         MultiSeriesDetector(3).update([1.0, 2.0])
     with pytest.raises(ValueError, match="k must be"):
         MultiSeriesDetector(2, k=3)
+
+
+@pytest.mark.parametrize(("name", "limit"), [("bernoulli", 3), ("poisson", 40)])
+def test_bocpd_on_stationary_counts_does_not_change_every_few_steps(name: str, limit: int) -> None:
+    """On counts most differences are 0: the noise scale collapsed and a young run of identical values
+    out-bid every longer run (167 and 219 "changes" in these 3000 stationary steps before)."""
+    rng = np.random.default_rng(0)
+    x = (rng.random(3000) < 0.1).astype(float) if name == "bernoulli" else rng.poisson(0.3, 3000).astype(float)
+    d = BOCPD()
+    fired = 0
+    for v in x:
+        d.update(float(v))
+        fired += d.drift_detected
+    assert fired <= limit
+
+
+def test_bocpd_still_finds_a_step_in_counts() -> None:
+    rng = np.random.default_rng(1)
+    x = np.r_[rng.poisson(0.3, 1500), rng.poisson(3.0, 500)].astype(float)
+    d = BOCPD()
+    found = []
+    for i, v in enumerate(x):
+        d.update(float(v))
+        if d.drift_detected:
+            found.append(i)
+    assert any(1500 <= i < 1550 for i in found)
+
+
+def test_multiseries_standardisation_does_not_blind_adwin_on_the_second_value() -> None:
+    """The second value of a dimension was divided by the 1e-9 floor (z about -2e9): ADWIN then never
+    found even a 5-sigma step."""
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 1, 1000), rng.normal(5, 1, 1000)]
+    m = MultiSeriesDetector(1, detector="adwin")
+    found = []
+    for i, v in enumerate(x):
+        m.update([v])
+        if m.drift_detected:
+            found.append(i)
+    assert found and 1000 <= found[0] < 1100

@@ -78,3 +78,44 @@ def test_small_shift_below_min_shift_is_ignored() -> None:
     rng = np.random.default_rng(1)
     values = np.concatenate([rng.normal(0, 0.05, 300), rng.normal(0.2, 0.05, 300)])
     assert not any(w.update(float(v)) for v in values)
+
+
+@pytest.mark.parametrize("shift", [0.6, 0.8, -0.8, 1.0])
+def test_a_moderate_lasting_shift_is_reported_and_measured(shift: float) -> None:
+    """Page-Hinkley fires some blocks after a moderate shift; the level was measured around the newest
+    values only, so the shift measured ~0 and was dropped (and never reported, PH having reset)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.1, 600)
+    x[300:] += shift
+    w = Watch("page_hinkley", threshold=8.0, min_shift=0.5)
+    fired = [i for i, v in enumerate(x) if w.update(float(v))]
+    assert len(fired) == 1 and 300 <= fired[0] < 340
+    assert abs(w.last_shift - shift) < 0.15
+    assert w.last_width == fired[0] + 1  # the values since the previous change, reported as the window
+
+
+def test_no_shift_is_reported_on_stationary_block_values() -> None:
+    w = Watch("page_hinkley", threshold=8.0, min_shift=0.5)
+    assert not any(w.update(float(v)) for v in np.random.default_rng(3).normal(0, 0.2, 20_000))
+
+
+def test_a_restore_keeps_the_block_not_closed_yet(model) -> None:  # type: ignore[no-untyped-def]
+    """Restored after every batch of 150 records (blocks of 200), the monitor declares what one that
+    never stopped declares; dropping the open block closed no block at all."""
+    s = generate(n_steps=4000, t0=2000, seed=34, drift_at=4500)
+    r = model.scorer().score_many(model.scaler.transform(s.X))
+    a = DriftMonitor(model.topology, model.reference, model_version="v1")
+    b = DriftMonitor(model.topology, model.reference, model_version="v1")
+    got_a, got_b = [], []
+    for i in range(0, len(s.X), 150):
+        sl = slice(i, i + 150)
+        got_a += [(i, x.test, x.window) for x in a.update(score=r.score[sl], latent_mu=r.latent_mu[sl],
+                                                          contributions=r.contributions[sl])]
+        got_b += [(i, x.test, x.window) for x in b.update(score=r.score[sl], latent_mu=r.latent_mu[sl],
+                                                          contributions=r.contributions[sl])]
+        restored = DriftMonitor(model.topology, model.reference, model_version="v1")
+        restored.restore(json.loads(json.dumps(b.snapshot())))
+        b = restored
+    assert got_a and got_b == got_a
+    assert b.snapshot()["blocks"] == a.snapshot()["blocks"] == len(s.X) // model.topology.drift.block_size
+    assert any(w > model.topology.drift.block_size for _, _, w in got_a)  # not always one block
