@@ -154,7 +154,7 @@ class IncidentTracker:
         self, batch: ValidBatch, flagged: BoolArray, beyond: BoolArray, *, now: float | None = None
     ) -> Selection:
         """Records to alert on, each record's incident id (None: not flagged, or its own incident), and
-        the incidents that ended. A key is last seen at its last record's Kafka timestamp, or at
+        the incidents that ended. A key is last seen at its newest record's Kafka timestamp, or at
         ``now`` (default: the clock) for records without one."""
         now = time.time() if now is None else now
         n = len(flagged)
@@ -179,7 +179,10 @@ class IncidentTracker:
                 count += 1
                 ids[i] = current
             last = batch.records[idx[-1]]
-            seen = last.timestamp_ms / 1000 if last.timestamp_ms > 0 else now
+            newest = max(batch.records[i].timestamp_ms for i in idx.tolist())
+            seen = newest / 1000 if newest > 0 else now
+            if state[0] is not None:  # a record with an older timestamp (out of order) does not turn back the
+                seen = max(seen, state[3])  # time the key was last seen: its open incident would end as idle
             state[:] = [current, bool(b[-1]) if current is not None else False, count, seen, announced,
                         last.partition]
         return Selection(alert, ids, sorted(ends))

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from stream_vae.config import Settings
 from stream_vae.exceptions import ModelLoadError, RollbackConflictError
 from stream_vae.hotpath import HotLoop
-from stream_vae.hotswap import ModelSlot, listen_control, model_event
+from stream_vae.hotswap import ModelSlot, model_event, supervise_control
 from stream_vae.model import set_torch_threads
 from stream_vae.model.registry import RedisModelRegistry, version_sequence
 from stream_vae.monitor import Emission, Message, StreamMonitor
@@ -165,7 +165,7 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
                 guard.loop = loop
                 state.loop = loop
                 await loop.start()
-                self._control = asyncio.ensure_future(listen_control(settings.kafka, topology, slot, self._stop))
+                self._control = asyncio.ensure_future(supervise_control(settings.kafka, topology, slot, self._stop))
                 log.info("worker_started", stream=topology.name, topic=topology.input_topic, group=loop.group_id)
                 if self._stop.is_set():
                     await loop.stop()

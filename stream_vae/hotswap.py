@@ -8,6 +8,7 @@ the load has finished. A batch is always scored by exactly one version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -166,6 +167,8 @@ async def listen_control(settings_kafka: Any, topology: Topology, slot: ModelSlo
                         stop=stop):
         try:
             data = json.loads(m.value)["data"]
+            if not isinstance(data, dict):
+                raise TypeError("data is not an object")
         except (ValueError, KeyError, TypeError):
             log.warning("control_event_ignored", topic=m.topic, offset=m.offset)
             continue
@@ -173,3 +176,26 @@ async def listen_control(settings_kafka: Any, topology: Topology, slot: ModelSlo
             continue
         log.info("control_model", action=data["action"], version=data.get("version"))
         slot.request(str(data["version"]), rollback=data["action"] == "rollback")
+
+
+async def supervise_control(settings_kafka: Any, topology: Topology, slot: ModelSlot, stop: asyncio.Event, *,
+                            backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 15.0, 60.0)) -> None:
+    """:func:`listen_control` until ``stop``, started again (after a pause) whenever it fails, and said so: a
+    listener that died silently left the worker on the registry poll alone (``model_poll_s`` later)."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            await listen_control(settings_kafka, topology, slot, stop)
+            failures = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            pause = backoff_s[min(failures, len(backoff_s) - 1)]
+            failures += 1
+            log.error("control_listener_failed", stream=topology.name, error=f"{type(exc).__name__}: {exc}"[:300],
+                      attempt=failures, retry_in_s=pause)
+            with contextlib.suppress(TimeoutError):  # stopped during the pause: leave at once
+                await asyncio.wait_for(stop.wait(), timeout=pause)
+        else:
+            if not stop.is_set():  # the tail ended without a stop: read again
+                await asyncio.sleep(backoff_s[0])

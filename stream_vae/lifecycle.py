@@ -9,16 +9,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import structlog
+
 from stream_vae.drift import DriftSignal
 from stream_vae.topology import Topology
 
 RecalKind = Literal["threshold", "retrain"]
+log = structlog.get_logger(__name__)
 
 
 class EpisodeStore(Protocol):
@@ -143,7 +147,39 @@ class DriftPolicy:
     @property
     def episode(self) -> str | None:
         """The stream's open drift episode, whoever opened it."""
-        return self.store.get(self._key("episode"))
+        return self.current([])[0]
+
+    def current(self, records: Sequence[Any]) -> tuple[str | None, PolicyDecision | None]:
+        """The open episode, and the decision of the batch that opened it when ``records`` (a batch about to
+        be processed) hold that batch's last record of the partition that drifted.
+
+        The episode is claimed before its drift alerts and request are published. A worker that died in
+        between never committed that batch, so whoever owns the partition reads the record again: it
+        publishes what the claim holds (same episode id: the trainer handles one request per episode). A
+        committed batch is never read again, so a published episode is not repeated (a crash after the
+        publish and before the commit repeats it, like every message of that batch)."""
+        raw = self.store.get(self._key("episode"))
+        if raw is None:
+            return None, None
+        try:
+            held = json.loads(raw)
+        except ValueError:
+            held = None
+        if not isinstance(held, dict) or "id" not in held:
+            return raw, None  # a plain id (claimed by an older worker)
+        episode, at = str(held["id"]), held.get("at")
+        if not at or not any(r.offset == at[1] and r.partition == at[0] for r in records):  # one input topic
+            return episode, None
+        try:
+            signals = [DriftSignal(**d) for d in held["signals"]]
+            request = RecalibrateRequest(**held["request"]) if held.get("request") is not None else None
+        except (KeyError, TypeError) as exc:  # not what on_signals writes: keep the episode, publish nothing
+            log.warning("drift_claim_unreadable", episode=episode, error=f"{type(exc).__name__}: {exc}")
+            return episode, None
+        if request is not None and self.store.claim_many(
+                [self._key("cooldown")], [episode], self.topology.drift.cooldown_s)[0] != episode:
+            request = None
+        return episode, PolicyDecision(episode, signals, request)
 
     def on_signals(self, signals: Sequence[DriftSignal], *, model_version: str,
                    baseline_alert_rate: float = 0.0, stream_ms: int | None = None) -> PolicyDecision:
@@ -154,22 +190,27 @@ class DriftPolicy:
             return PolicyDecision(None, [], None)
         spec = self.topology.drift
         new_id = f"drift-{uuid.uuid4().hex[:12]}"
-        if not self.store.set_if_absent(self._key("episode"), new_id, spec.episode_timeout_s):
-            return PolicyDecision(None, [], None)  # another worker (or an earlier batch) opened it already
         kind: RecalKind = "retrain" if any(s.test in spec.retrain_on for s in signals) else "threshold"
-        request = None
-        if self.store.set_if_absent(self._key("cooldown"), new_id, spec.cooldown_s):
-            tests = sorted({s.test for s in signals})
-            request = RecalibrateRequest(
-                stream=self.topology.name,
-                reason=f"drift in {', '.join(tests)}",
-                kind=kind,
-                episode=new_id,
-                since_ms=int(self.clock() * 1000) if stream_ms is None else stream_ms,
-                model_version=model_version,
-                baseline_alert_rate=baseline_alert_rate,
-                evidence=[s.data() for s in signals],
-            )
+        tests = sorted({s.test for s in signals})
+        candidate = RecalibrateRequest(
+            stream=self.topology.name,
+            reason=f"drift in {', '.join(tests)}",
+            kind=kind,
+            episode=new_id,
+            since_ms=int(self.clock() * 1000) if stream_ms is None else stream_ms,
+            model_version=model_version,
+            baseline_alert_rate=baseline_alert_rate,
+            evidence=[s.data() for s in signals],
+        )
+        # the claim holds what this batch publishes and where the batch ends in the partition that drifted,
+        # so a replay of the batch (its worker died before publishing) publishes it: see current()
+        at = next(([s.partition, s.offset] for s in signals
+                   if s.partition is not None and s.offset is not None), None)
+        held = json.dumps({"id": new_id, "at": at, "signals": [s.data() for s in signals],
+                           "request": candidate.data()})
+        if not self.store.set_if_absent(self._key("episode"), held, spec.episode_timeout_s):
+            return PolicyDecision(None, [], None)  # another worker (or an earlier batch) opened it already
+        request = candidate if self.store.set_if_absent(self._key("cooldown"), new_id, spec.cooldown_s) else None
         return PolicyDecision(new_id, list(signals), request)
 
     def close_episode(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from redis import RedisError
 
 from stream_vae import metrics
 from stream_vae.drift import DriftMonitor, DriftSignal
@@ -166,6 +167,7 @@ class StreamMonitor:
         self._drift: dict[int, DriftMonitor] = {}
         self._last_ckpt = time.monotonic()
         self._checkpoint_due = False
+        self._close_episode = False  # a swap could not close the old model's drift episode: close it first thing
         self.clock = StreamClock()
         self._seen = 0
         # the healthy model's flag rate (true anomalies included), tracked while no drift/swap is in progress:
@@ -175,11 +177,19 @@ class StreamMonitor:
 
     # -- model changes -------------------------------------------------------------------------
     def on_swap(self, old: LoadedModel, new: LoadedModel, *, rollback: bool = False) -> None:
-        """A new version is active: fresh drift reference, guard it (unless this is a rollback)."""
+        """A new version is active: fresh drift reference, guard it (unless this is a rollback).
+
+        The model is already swapped when this runs, and runs once: what it does in the worker comes first,
+        and a Redis error closing the old episode is retried at the next batch (raised out of here, it left
+        the new version unguarded and the old model's episode holding back its alerts)."""
         self._drift.clear()
-        self.policy.close_episode()
         metrics.DRIFT_STATE.labels(self.topology.name).set(0)
         self.guard.start(new.version, previous=None if rollback else old.version, baseline_rate=self.baseline_rate)
+        try:
+            self.policy.close_episode()
+        except RedisError as exc:
+            self._close_episode = True
+            log.warning("drift_episode_not_closed", stream=self.topology.name, error=type(exc).__name__)
 
     def _monitor(self, partition: int, model: LoadedModel) -> DriftMonitor:
         mon = self._drift.get(partition)
@@ -264,15 +274,18 @@ class StreamMonitor:
         """A rebalance took ``partitions`` away: checkpoint their state for the next owner, forget it here."""
         pipeline = self.pipeline_of()
         saved = self.entities.release(pipeline, partitions) if pipeline is not None else 0
-        self._save_drift({p: self._drift.pop(p) for p in partitions if p in self._drift})
+        self._save_drift({p: m for p in partitions if (m := self._drift.pop(p, None)) is not None})
         log.info("partitions_released", stream=self.topology.name, partitions=sorted(partitions), entities=saved)
 
     # -- the batch -----------------------------------------------------------------------------
     def process(self, records: list[RawRecord]) -> Emission:
         self._save_if_due()
+        if self._close_episode:  # (a Redis error here: the hot loop reads the batch again, and we retry)
+            self.policy.close_episode()
+            self._close_episode = False
         topo = self.topology
         pipeline = self.pipeline_of()
-        episode = self.policy.episode
+        episode, replayed = self.policy.current(records)
         out: BatchOutcome = pipeline.process_batch(records, drift_episode=episode, resume=self.entities.resume)
         batch_time = self.clock.advance(records)
         if out.batch is not None:
@@ -295,6 +308,9 @@ class StreamMonitor:
             decision = self.policy.on_signals(signals, model_version=model.version,
                                               baseline_alert_rate=round(self.baseline_rate, 6),
                                               stream_ms=None if batch_time is None else int(batch_time * 1000))
+            if decision.opened is None and replayed is not None:  # its first publication died with a worker
+                decision = replayed
+                log.warning("drift_republished", stream=topo.name, episode=replayed.opened)
             if decision.opened:
                 episode = decision.opened
                 metrics.DRIFT_STATE.labels(topo.name).set(1)

@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 import structlog
-from redis import RedisError
+from redis import RedisError, WatchError
 
 from stream_vae.config import RedisSettings
 from stream_vae.exceptions import StateStoreError
@@ -93,6 +93,12 @@ class EntityCheckpoints:
     incident are also listed per input partition (``{prefix}:{stream}:open:{partition}``), and a
     worker given a partition reads them at once (:meth:`adopt`), so it can resolve an incident whose
     key has gone quiet (``alerts.incident_idle_s``) without waiting for a record that may never come.
+
+    Writes are fenced per partition: a worker given a partition takes a new ownership epoch for it
+    (``{prefix}:{stream}:owner:{partition}``, :meth:`adopt`), and writes the state of that partition's
+    entities only while the epoch is still its own. A worker the group expelled (it stalled past the
+    session timeout) learns it late, and its checkpoint, or its ``release`` when aiokafka finally revokes
+    the partitions, would otherwise write the state it had over what the partition's new owner saved since.
     """
 
     def __init__(self, client: Any, *, prefix: str, stream: str, ttl_s: float = 7 * 86400,
@@ -103,6 +109,8 @@ class EntityCheckpoints:
         # worker that is given the partition adopts them, so a key that went quiet before a rebalance
         # or a restart still has an owner that can resolve its incident as idle
         self.open_prefix = f"{prefix}:{stream}:open:"
+        self.owner_prefix = f"{prefix}:{stream}:owner:"
+        self._epoch: dict[int, int] = {}  # partition -> the ownership epoch this worker took when given it
         self.ttl_s = max(1, int(ttl_s))
         self.max_entities = max_entities
         self._held: OrderedDict[str, int] = OrderedDict()  # entity -> the partition it last came from
@@ -117,8 +125,13 @@ class EntityCheckpoints:
 
     def adopt(self, partitions: Collection[int]) -> list[dict[str, Any]]:
         """The saved state of the entities with an open incident in ``partitions`` (just assigned to this
-        worker) that it does not hold yet: their incidents can then end here, even if they never send again."""
+        worker) that it does not hold yet: their incidents can then end here, even if they never send again.
+        First it takes a new ownership epoch of each partition, so that their previous owner writes no more."""
         try:
+            pipe = self.client.pipeline(transaction=False)
+            for p in partitions:
+                pipe.incr(self.owner_prefix + str(p))
+            self._epoch.update(zip(partitions, (int(e) for e in pipe.execute()), strict=True))
             found = {p: self.client.hkeys(self.open_prefix + str(p)) for p in partitions}
         except _REDIS_DOWN as exc:
             log.warning("open_incidents_unavailable", partitions=len(partitions), error=type(exc).__name__)
@@ -161,7 +174,33 @@ class EntityCheckpoints:
         if not todo:
             return 0
         states = split_entities(pipeline.snapshot(todo))
-        pipe = self.client.pipeline(transaction=False)
+        fenced = [p for p in {self._held.get(k, -1) for k in states} if p in self._epoch]
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                if fenced:  # the epochs are checked and the state written in one MULTI (EXEC fails if one moved)
+                    pipe.watch(*(self.owner_prefix + str(p) for p in fenced))
+                    now = pipe.mget([self.owner_prefix + str(p) for p in fenced])
+                    lost = {p for p, e in zip(fenced, now, strict=True) if e is not None and int(e) != self._epoch[p]}
+                    pipe.multi()
+                else:
+                    lost = set()
+                if lost:  # another worker owns these partitions now: what this one holds of them is stale
+                    log.warning("entity_state_fenced", partitions=sorted(lost))
+                    gone = {k for k in states if self._held.get(k, -1) in lost}
+                    states = {k: v for k, v in states.items() if k not in gone}
+                    self._dirty -= gone
+                written = self._queue(pipe, states)
+                pipe.execute()
+        except WatchError:  # a partition changed hands meanwhile: kept dirty, judged again at the next save
+            log.warning("entity_state_not_saved", entities=len(states), error="WatchError")
+            return 0
+        except _REDIS_DOWN as exc:  # kept dirty: written at the next save
+            log.warning("entity_state_not_saved", entities=len(states), error=type(exc).__name__)
+            return 0
+        self._dirty -= todo
+        return written
+
+    def _queue(self, pipe: Any, states: dict[str, dict[str, Any]]) -> int:
         opened: dict[int, dict[str, str]] = {}
         closed: dict[int, list[str]] = {}
         for k, state in states.items():
@@ -177,12 +216,6 @@ class EntityCheckpoints:
             pipe.expire(self.open_prefix + str(p), self.ttl_s)
         for p, gone in closed.items():
             pipe.hdel(self.open_prefix + str(p), *gone)
-        try:
-            pipe.execute()
-        except _REDIS_DOWN as exc:  # kept dirty: written at the next save
-            log.warning("entity_state_not_saved", entities=len(states), error=type(exc).__name__)
-            return 0
-        self._dirty -= todo
         return len(states)
 
     def release(self, pipeline: Any, partitions: Collection[int]) -> int:
@@ -192,4 +225,6 @@ class EntityCheckpoints:
         pipeline.forget(gone)
         forget(self._held, gone)
         self._dirty.difference_update(gone)
+        for p in partitions:
+            self._epoch.pop(p, None)
         return n

@@ -211,3 +211,93 @@ def test_state_is_checkpointed_only_after_the_batch_it_covers(redis_url: str, re
     assert saved == json.loads(json.dumps(held)), "the state after the first batch"
     monitor.process(recs[20:])
     assert json.loads(monitor.client.get(key)) == saved, "the second batch is not in Redis before its commit"
+
+
+def test_a_drift_episode_lost_to_a_crash_before_publishing_goes_out_on_the_replay(
+        redis_url: str, redis_prefix: str) -> None:
+    """A worker declares drift, claims the episode in Redis and dies before publishing its drift alerts and
+    recalibration request (so before committing). Its successor reads the batch again, with another
+    batching: the episode is taken, but the replay must publish them (same episode id), once."""
+    base = iid_topology()
+    topo = base.model_copy(update={"name": "dcrash", "drift": base.drift.model_copy(update={"block_size": 20})})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    X = iid_stream(2000, 7)
+    X[1000:] += np.array([6.0, 3.0, 6.0, 4.0])
+    recs = keyed_records(X, [f"host-{i % 5}" for i in range(len(X))])
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    wanted = (topo.alerts.drift_topic, topo.control.recalibrate_topic)
+
+    def worker() -> StreamMonitor:
+        pipeline = Pipeline(topo, model)
+        return StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=0.0)
+
+    first, committed = worker(), 0
+    while not (lost := [m for m in first.process(recs[committed : committed + 150]).messages if m.topic in wanted]):
+        committed += 150
+    assert {m.topic for m in lost} == set(wanted)
+    second, events = worker(), []
+    for lo in range(committed, len(recs), 400):
+        events += [json.loads(m.value) for m in second.process(recs[lo : lo + 400]).messages if m.topic in wanted]
+    requests = [e["data"] for e in events if e["type"] == "io.stream-vae.recalibrate"]
+    assert len(requests) == 1 and any(e["type"] == "io.stream-vae.drift" for e in events), events
+    assert {e["data"]["episode"] for e in events} == {json.loads(lost[-1].value)["data"]["episode"]}
+def test_a_redis_error_at_a_swap_neither_unguards_the_new_model_nor_keeps_the_old_episode(
+        redis_url: str, redis_prefix: str) -> None:
+    """The swap is made (one reference assignment) before on_swap runs, and on_swap runs once: a Redis
+    error closing the old model's drift episode left the new version unguarded (no automatic rollback)
+    and the old episode holding back its alerts. The guard starts all the same; the episode closes at
+    the next batch."""
+    import redis as redis_py
+
+    topo = iid_topology().model_copy(update={"name": "swapfail"})
+    v1 = loaded(train_model(iid_stream(1500, 0), topo), "v1")
+    v2 = loaded(train_model(iid_stream(1500, 1), topo), "v2")
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+
+    class FailsOnce:
+        def __init__(self) -> None:
+            self.fail = True
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(client, name)
+
+        def delete(self, *keys: str) -> int:
+            if self.fail:
+                self.fail = False
+                raise redis_py.ConnectionError("Redis restarting")
+            return int(client.delete(*keys))
+
+    pipeline = Pipeline(topo, v1)
+    monitor = StreamMonitor(topo, lambda: pipeline, client=FailsOnce(), prefix=redis_prefix, checkpoint_s=3600)
+    episode = f"{redis_prefix}:swapfail:drift:episode"
+    client.set(episode, "drift-of-v1", px=900_000)
+    monitor.on_swap(pipeline.swap(v2), v2)
+    assert monitor.guard.active and monitor.guard.version == "v2"
+    monitor.process(keyed_records(iid_stream(20, 3), ["host-a"] * 20))
+    assert client.get(episode) is None
+
+
+def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
+    """Worker A scores host-a and stalls past the session timeout before its checkpoint; the group gives
+    the partition to B, which scores on and saves. A learns it was expelled only when it wakes up, and
+    aiokafka then revokes the partition: A's release (or checkpoint) must not write its stale state over B's."""
+    topo = iid_topology().model_copy(update={"name": "fence"})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    recs = keyed_records(iid_stream(40, 5), ["host-a"] * 40)
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    key = f"{redis_prefix}:fence:entity:host-a"
+
+    def worker() -> StreamMonitor:
+        pipeline = Pipeline(topo, model)
+        return StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+
+    a, b = worker(), worker()
+    a.adopt({0})
+    a.process(recs[:20])  # committed, not checkpointed yet; then A stalls
+    b.adopt({0})  # the rebalance without A
+    b.process(recs[20:])
+    b.checkpoint()
+    newest = client.get(key)
+    a.checkpoint()  # A wakes up: its periodic checkpoint ...
+    a.release({0})  # ... and the revocation aiokafka calls once it learns it was expelled
+    assert client.get(key) == newest

@@ -487,3 +487,27 @@ def test_keys_that_differ_by_a_trailing_nul_are_two_entities() -> None:
 
     groups = entity_groups(["b", "a\0", "b", "a"])
     assert {k: v.tolist() for k, v in groups.items()} == {"a": [3], "a\0": [1], "b": [0, 2]}
+
+
+def test_a_record_with_an_older_timestamp_does_not_end_an_incident_as_idle() -> None:
+    """host-a's incident is open, its records arrive with Kafka timestamps T, T + 1 s, then one of
+    T + 1 s minus an hour (out of order: event time from a re-sent buffer, another producer's clock). The key
+    was seen at T + 1 s, not an hour earlier: 10 s later its incident has not been idle for incident_idle_s."""
+    import dataclasses
+
+    from stream_vae.alerts import IncidentTracker
+    from stream_vae.validate import Validator
+
+    batch, _ = Validator(iid_topology()).validate(keyed_records(iid_stream(3, 6), ["host-a"] * 3))
+    t = 1_800_000_000_000  # ms
+    stamps = [t, t + 1000, t + 1000 - 3_600_000]
+    batch = dataclasses.replace(batch, records=[dataclasses.replace(r, timestamp_ms=t)
+                                                for r, t in zip(batch.records, stamps, strict=True)])
+    on = np.ones(3, dtype=bool)
+    for split in ([slice(0, 3)], [slice(0, 2), slice(2, 3)]):  # one batch, or the late record in the next
+        tracker = IncidentTracker("incident")
+        for s in split:
+            part = dataclasses.replace(batch, records=batch.records[s], X=batch.X[s], keys=batch.keys[s],
+                                       event_times=batch.event_times[s])
+            tracker.select(part, on[s], ~on[s])
+        assert tracker.expire(600, partition_now={0: t / 1000 + 11}) == []
