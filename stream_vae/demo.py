@@ -223,6 +223,8 @@ class Demo:
             "STREAM_VAE_KAFKA__REBALANCE_TIMEOUT_MS": "3000",
             "STREAM_VAE_WORKER__MODEL_POLL_S": "1",
             "STREAM_VAE_LOG_FORMAT": "json",
+            # on a shared broker the demo's trainer must not join (and rebalance) the real trainers' group
+            **({"STREAM_VAE_KAFKA__TRAINER_GROUP_ID": f"{self.redis.prefix}-trainer"} if self.external else {}),
         }
 
     def wait_ready(self, proc: subprocess.Popen[bytes], port: int, what: str, log_file: Path) -> None:

@@ -111,7 +111,8 @@ class HotLoop:
     before_batch
         Awaited between batches (model hot-swap checks go here: never inside a batch).
     after_batch
-        Called with each batch's emission after its messages were acknowledged and its offsets committed.
+        Called with each batch's emission after its messages were acknowledged and its offsets committed;
+        after a Redis error in it, it alone is called again (the batch is not read again) before the next.
     on_revoked
         Called (in a thread) with the input partitions a rebalance takes away, after their last batch
         was committed (``StreamMonitor.release``: checkpoint their entities for the next owner).
@@ -151,6 +152,7 @@ class HotLoop:
         self.stats = LoopStats()
         self.last_batch_at = 0.0
         self._stopping = asyncio.Event()
+        self._after_pending: Emission | None = None  # a committed batch whose after_batch has not run yet
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -197,9 +199,11 @@ class HotLoop:
         # still in the group (leaving it assigns them at once, and aiokafka's stop() revokes nothing),
         # then leave it cleanly.
         if self.on_revoked is not None and self.assigned:
-            await _housekeeping(self.on_revoked, {tp.partition for tp in self.assigned},
-                                failed="partitions_release_failed")
-            self.assigned = set()
+            async with self.batch_lock:  # not beside a revocation's release of the same partitions (a rebalance
+                # that expelled this worker lands there too): one thread at a time on the monitor's state
+                await _housekeeping(self.on_revoked, {tp.partition for tp in self.assigned},
+                                    failed="partitions_release_failed")
+                self.assigned = set()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
@@ -216,19 +220,25 @@ class HotLoop:
                 try:
                     if self.before_batch is not None:
                         await self.before_batch()
+                    if self._after_pending is not None:  # Redis interrupted it after the commit: finish it first
+                        async with self.batch_lock:
+                            await self._finish_batch()
                     got = await consumer.getmany(timeout_ms=w.poll_timeout_ms, max_records=w.max_batch)
                     if not got:
                         await self._tick()
                         continue
                     async with self.batch_lock:
                         try:
-                            await self._process(got)
+                            self._after_pending = await self._process(got)
                         except _REDIS_DOWN:
                             # not committed: read the batch again (at-least-once, as after a restart)
                             for tp, msgs in got.items():
                                 if msgs and tp in consumer.assignment():
                                     consumer.seek(tp, msgs[0].offset)
                             raise
+                        # committed: a Redis error from here on retries this step alone, never the batch
+                        # (reading a committed batch again would score and alert it twice)
+                        await self._finish_batch()
                     failures = 0
                 except _REDIS_DOWN as exc:
                     pause = _RETRY_S[min(failures, len(_RETRY_S) - 1)]
@@ -248,7 +258,16 @@ class HotLoop:
             if messages:
                 await self.publish(messages)
 
-    async def _process(self, got: dict[TopicPartition, list[Any]]) -> None:
+    async def _finish_batch(self) -> None:
+        """The ``after_batch`` hook of the last committed batch (the post-swap guard's rollback)."""
+        emission = self._after_pending
+        if emission is not None and self.after_batch is not None:
+            res = self.after_batch(emission)
+            if res is not None:
+                await res
+        self._after_pending = None
+
+    async def _process(self, got: dict[TopicPartition, list[Any]]) -> Emission:
         assert self._consumer is not None
         t0 = time.perf_counter()
         self.stats.first_batch_at = self.stats.first_batch_at or t0
@@ -286,10 +305,7 @@ class HotLoop:
             metrics.ALERTS.labels(stream, a.severity).inc()
         if emission.suppressed:
             metrics.ALERTS_SUPPRESSED.labels(stream).inc(emission.suppressed)
-        if self.after_batch is not None:
-            res = self.after_batch(emission)
-            if res is not None:
-                await res
+        return emission
 
     async def publish(self, messages: Sequence[Message]) -> None:
         """Send and await the acks of every message (before the commit: at-least-once)."""

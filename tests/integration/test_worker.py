@@ -430,3 +430,41 @@ def test_a_worker_without_a_partition_is_ready(kafka_bootstrap: str, redis_url: 
         return out
 
     assert sorted(asyncio.run(main())) == [(True, 0), (True, 1)]
+
+
+def test_a_redis_error_after_the_commit_does_not_score_the_batch_again(kafka_bootstrap: str) -> None:
+    """The after-batch step (the post-swap guard's rollback, in Redis) runs after the commit. A Redis
+    error there seeked the committed batch back, so it was scored, and alerted, a second time. Now that
+    step alone is retried."""
+    import redis as redis_py
+
+    from stream_vae.pipeline import Pipeline
+    from stream_vae.testing import loaded
+
+    name = f"after{uuid.uuid4().hex[:6]}"
+    topo = synth_topology(name, epochs=3)
+    s = settings(kafka_bootstrap, "redis://127.0.0.1:1/0", "unused", max_batch=5000)
+    rows = generate(n_steps=50, t0=1200, anomaly_rate=0.0, seed=2).rows  # 300 records
+    seen: list[int] = []
+
+    def after(emission) -> None:  # type: ignore[no-untyped-def]
+        seen.append(len(emission.outcome.scored))
+        if len(seen) == 1:
+            raise redis_py.ConnectionError("Redis failing over")
+
+    async def main() -> HotLoop:
+        await ensure_topics(s.kafka, {topo.input_topic: 1})
+        await produce_rows(s.kafka, topo.input_topic, rows, key_field="entity")
+        loop = HotLoop(Pipeline(topo, loaded(quick_model(topo, steps=600))), settings=s, topology=topo,
+                       after_batch=after)
+        await loop.start()
+        task = asyncio.ensure_future(loop.run())
+        await _until(lambda: loop.stats.scored >= len(rows) and len(seen) >= 2, 60)
+        await asyncio.sleep(1.5)  # time enough to read a seeked-back batch again
+        loop.request_stop()
+        await task
+        return loop
+
+    loop = asyncio.run(main())
+    assert loop.stats.scored == len(rows) and loop.stats.committed == len(rows), loop.stats
+    assert sum(seen) == len(rows) + seen[0] and seen[0] == seen[1]  # the failed step was retried, alone
