@@ -58,22 +58,27 @@ class Rollbacks:
         self.slot = slot
         self.topology = topology
         self.loop: HotLoop | None = None
+        self._unannounced: dict[str, str] = {}  # judged version -> the version this worker rolled back to
 
     async def after_batch(self, emission: Emission) -> None:
         verdict = emission.rollback
         if verdict is None:
             return
         pipeline = self.slot.pipeline
-        bad = pipeline.model.version if pipeline else None
+        # the version judged, not the one serving now: a retry of this step (after a Redis error) may come
+        # after a swap, and must not roll back the version the first attempt rolled back to
+        bad = verdict.version or (pipeline.model.version if pipeline else None)
         if not verdict.rollback or bad is None:
             log.info("swap_guard_passed", version=bad, reason=verdict.reason)
             return
         log.warning("swap_guard_failed", version=bad, reason=verdict.reason)
         name = self.topology.name
+        prev: str | None
         try:  # atomic in Redis: of the workers that judged `bad`, the first rolls back, the others follow
-            _, prev = await asyncio.to_thread(self.registry.rollback, name, expected=bad)
+            _, to = await asyncio.to_thread(self.registry.rollback, name, expected=bad)
+            self._unannounced[bad] = prev = to
         except RollbackConflictError:
-            prev = None
+            prev = self._unannounced.get(bad)  # this worker's own rollback, if Redis failed before it was announced
         except ModelLoadError as exc:  # nothing to go back to: keep serving, say so
             log.error("rollback_impossible", version=bad, reason=verdict.reason, error=str(exc))
             return
@@ -86,6 +91,7 @@ class Rollbacks:
                                 reason=verdict.reason),
                 )])
             log.warning("model_rolled_back", version=prev, previous=bad)
+            self._unannounced.pop(bad, None)
             self.slot.request(prev, rollback=True)
             return
         # another worker rolled back already (or a trainer activated a newer version): follow the pointer

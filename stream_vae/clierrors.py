@@ -33,7 +33,8 @@ def friendly(fn: F) -> F:
         except StreamVAEError as exc:
             fail(str(exc))
         except OSError as exc:  # a missing file, a directory where a file was meant, no permission
-            fail(f"{exc.strerror or type(exc).__name__}: {exc.filename}" if exc.filename else str(exc))
+            fail(f"{exc.strerror or type(exc).__name__}: {exc.filename}" if exc.filename
+                 else str(exc) or type(exc).__name__)  # a bare TimeoutError has no message
         except ValidationError as exc:  # before ValueError, which it is
             e = exc.errors()[0]
             loc = "__".join(str(p) for p in e["loc"]).upper()

@@ -224,6 +224,7 @@ class GuardVerdict:
     reason: str
     alert_rate: float
     records: int
+    version: str = ""  # the version judged (the one serving may differ by the time the verdict is acted on)
 
 
 class SwapGuard:
@@ -274,6 +275,7 @@ class SwapGuard:
         rate = self._flagged / self._seen
         limit = max(g.max_alert_rate_factor * self.topology.calibration.fpr, g.baseline_factor * self.baseline_rate)
         bad = rate > limit and self._flagged >= g.min_alerts
-        verdict = GuardVerdict(bad, f"flag rate {rate:.4f} {'>' if bad else '<='} limit {limit:.4f}", rate, self._seen)
+        verdict = GuardVerdict(bad, f"flag rate {rate:.4f} {'>' if bad else '<='} limit {limit:.4f}", rate, self._seen,
+                               self.version)
         self._reset()
         return verdict

@@ -179,9 +179,14 @@ class EntityCheckpoints:
             with self.client.pipeline(transaction=True) as pipe:
                 if fenced:  # the epochs are checked and the state written in one MULTI (EXEC fails if one moved)
                     pipe.watch(*(self.owner_prefix + str(p) for p in fenced))
-                    now = pipe.mget([self.owner_prefix + str(p) for p in fenced])
-                    lost = {p for p, e in zip(fenced, now, strict=True) if e is not None and int(e) != self._epoch[p]}
+                    now = dict(zip(fenced, pipe.mget([self.owner_prefix + str(p) for p in fenced]), strict=True))
+                    # only a newer epoch is another owner's; an older or missing one is Redis having lost our
+                    # INCR (a restart from a snapshot, a failover): put ours back so the next adopter goes above
+                    lost = {p for p, e in now.items() if e is not None and int(e) > self._epoch[p]}
                     pipe.multi()
+                    for p, e in now.items():
+                        if e is None or int(e) < self._epoch[p]:
+                            pipe.set(self.owner_prefix + str(p), self._epoch[p])
                 else:
                     lost = set()
                 if lost:  # another worker owns these partitions now: what this one holds of them is stale

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
+
 from stream_vae.calibrate import Calibrator
 from stream_vae.exceptions import ModelLoadError, RollbackConflictError, StateStoreError
 from stream_vae.model.scorer import VAEScorer
@@ -35,6 +37,7 @@ from stream_vae.preprocess import Scaler
 from stream_vae.topology import Topology
 
 FORMAT = "stream-vae/1"
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -207,27 +210,23 @@ class RedisModelRegistry:
             raise _store_error(exc) from None
         if activate:
             self.activate(stream, version)
-        self.prune(stream)
+        try:  # housekeeping: the version is stored (and active) whatever happens here
+            self.prune(stream)
+        except StateStoreError as exc:
+            log.warning("model_prune_failed", stream=stream, error=str(exc))
         return art
 
     def prune(self, stream: str) -> list[str]:
         """Delete versions beyond the newest ``keep_versions`` that are neither active nor in the rollback
-        history (every retrain and recalibration registers one; without this Redis grows for ever)."""
+        history (every retrain and recalibration registers one; without this Redis grows for ever). One
+        script: an activation in between cannot point at a version deleted meanwhile."""
         try:
-            versions = [_text(v) for v in self.client.zrange(self._k(stream, "versions"), 0, -1)]
-            kept = {_text(v) for v in self.client.lrange(self._k(stream, "history"), 0, -1)}
-            kept.add(self.active_version(stream) or "")
-            newest = sorted(versions, key=version_sequence, reverse=True)[: self.keep_versions]
-            drop = [v for v in versions if v not in kept and v not in newest]
-            if drop:
-                pipe = self.client.pipeline(transaction=True)
-                for v in drop:
-                    pipe.delete(self._k(stream, "model", v, "weights"), self._k(stream, "model", v, "manifest"))
-                pipe.zrem(self._k(stream, "versions"), *drop)
-                pipe.execute()
+            dropped = self.client.eval(_PRUNE, 3, self._k(stream, "active"), self._k(stream, "history"),
+                                       self._k(stream, "versions"), self._k(stream, "model", ""),
+                                       str(self.keep_versions))
         except Exception as exc:
             raise _store_error(exc) from None
-        return drop
+        return [_text(v) for v in dropped]
 
     def get(self, stream: str, version: str) -> Artifact:
         try:
@@ -263,9 +262,12 @@ class RedisModelRegistry:
 
     def activate(self, stream: str, version: str) -> str | None:
         """Point the stream at ``version``; returns the previously active version."""
-        self.get(stream, version)  # must exist
-        # one script, so two activations (or an activation and a rollback) cannot interleave
-        prev = self._script(_ACTIVATE, stream, version, str(self.keep_versions))
+        self.get(stream, version)  # must exist and verify
+        # one script, so two activations (or an activation and a rollback, or a prune) cannot interleave
+        found, prev = self._script(_ACTIVATE, stream, version, str(self.keep_versions),
+                                   self._k(stream, "model", version, "manifest"))
+        if not found:
+            raise ModelLoadError(f"model {version} of stream '{stream}' was deleted (pruned) meanwhile")
         return _text(prev) if prev else None
 
     def rollback(self, stream: str, *, expected: str | None = None) -> tuple[str, str]:
@@ -313,16 +315,39 @@ class RedisModelRegistry:
         return sorted({k.decode().split(":")[-2] for k in self.client.scan_iter(f"{self.prefix}:*:versions")})
 
 
-# KEYS: active pointer, history list. ARGV: version, history length. Returns the previous version.
+# KEYS: active pointer, history list. ARGV: version, history length, the version's manifest key.
+# Returns {0, ''} (the version is gone) or {1, previous version or ''}.
 _ACTIVATE = """
+if redis.call('EXISTS', ARGV[3]) == 0 then return {0, ''} end
 local prev = redis.call('GET', KEYS[1])
-if prev == ARGV[1] then return prev end
+if prev == ARGV[1] then return {1, prev} end
 if prev then
   redis.call('LPUSH', KEYS[2], prev)
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 end
 redis.call('SET', KEYS[1], ARGV[1])
-return prev
+return {1, prev or ''}
+"""
+
+# KEYS: active pointer, history list, versions (sorted set). ARGV: model key prefix ("P:S:model:"), how many
+# of the newest versions (by number) to keep. Deletes the others unless active or in the history.
+_PRUNE = """
+local kept = {}
+local active = redis.call('GET', KEYS[1])
+if active then kept[active] = true end
+for _, v in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do kept[v] = true end
+local function seq(v) local n = string.match(v, '^v(%d+)$'); if n then return tonumber(n) end; return -1 end
+local versions = redis.call('ZRANGE', KEYS[3], 0, -1)
+table.sort(versions, function(a, b) return seq(a) > seq(b) end)
+local dropped = {}
+for i, v in ipairs(versions) do
+  if i > tonumber(ARGV[2]) and not kept[v] then
+    redis.call('DEL', ARGV[1] .. v .. ':weights', ARGV[1] .. v .. ':manifest')
+    redis.call('ZREM', KEYS[3], v)
+    table.insert(dropped, v)
+  end
+end
+return dropped
 """
 
 # KEYS: active pointer, history list. ARGV: the version expected to be active ('' = any).

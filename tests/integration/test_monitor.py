@@ -301,3 +301,26 @@ def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis
     a.checkpoint()  # A wakes up: its periodic checkpoint ...
     a.release({0})  # ... and the revocation aiokafka calls once it learns it was expelled
     assert client.get(key) == newest
+
+
+def test_the_owner_of_a_partition_keeps_saving_when_redis_lost_its_ownership_number(
+        redis_url: str, redis_prefix: str) -> None:
+    """Redis restarted from a snapshot older than this worker's INCR (or failed over to a replica that
+    missed it): the owner number went back. Only a newer number is another owner's; the rightful owner
+    was fenced out of its own partition until the next rebalance, its saves silently dropped."""
+    topo = iid_topology().model_copy(update={"name": "fenceback"})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    recs = keyed_records(iid_stream(40, 5), ["host-a"] * 40)
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    key, owner = f"{redis_prefix}:fenceback:entity:host-a", f"{redis_prefix}:fenceback:owner:0"
+    pipeline = Pipeline(topo, model)
+    monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+    client.set(owner, 6)
+    monitor.adopt({0})  # epoch 7
+    monitor.process(recs[:20])
+    monitor.checkpoint()
+    first = client.get(key)
+    client.set(owner, 6)  # the INCR is lost
+    monitor.process(recs[20:])
+    monitor.checkpoint()
+    assert client.get(key) != first and int(client.get(owner)) == 7

@@ -86,3 +86,98 @@ def test_old_versions_are_pruned_but_rollback_targets_are_kept(registry, model) 
     assert registry.rollback("rg") == ("v6", "v1")  # the history's versions survive pruning
     keys = {k.decode() for k in registry.client.scan_iter(f"{registry.prefix}:rg:model:*")}
     assert {k.split(":")[-2] for k in keys} == {"v1", "v6", "v7", "v8", "v9"}  # pruned weights are gone too
+
+
+class _Proxy:
+    """The real client, with one hook before the first ``eval`` of a script containing ``marker``."""
+
+    def __init__(self, client, marker: str, hook) -> None:  # type: ignore[no-untyped-def]
+        self.client, self.marker, self.hook = client, marker, hook
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.client, name)
+
+    def eval(self, script: str, *args: object) -> object:
+        if self.marker in script and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return self.client.eval(script, *args)
+
+
+def test_an_activation_never_points_at_a_version_deleted_meanwhile(registry, model) -> None:  # type: ignore[no-untyped-def]
+    """`models activate v1` checks that v1 exists, then moves the pointer; a trainer's prune deleted v1 in
+    between, and the pointer was left on a model that no longer exists."""
+    for _ in range(2):
+        registry.register(model, activate=True)  # v1, v2 (active)
+    c, p = registry.client, registry.prefix
+    racing = RedisModelRegistry(_Proxy(c, "EXISTS", lambda: c.delete(f"{p}:rg:model:v1:manifest",
+                                                                    f"{p}:rg:model:v1:weights")),
+                                prefix=p, keep_versions=3)
+    with pytest.raises(ModelLoadError, match="deleted"):
+        racing.activate("rg", "v1")
+    assert registry.active_version("rg") == "v2"
+
+
+def test_a_failed_prune_does_not_fail_the_registration(registry, model) -> None:  # type: ignore[no-untyped-def]
+    """The version is stored and active when the clean-up runs: a Redis error there made `train` exit 2
+    and the trainer publish a refusal for a model that was live."""
+    import redis as redis_py
+
+    def fail() -> None:
+        raise redis_py.ConnectionError("Redis failing over")
+
+    class NoPrune(_Proxy):
+        def zrange(self, *args: object) -> object:  # what a prune reads (in a script, or before it)
+            fail()
+            return None
+
+    flaky = RedisModelRegistry(NoPrune(registry.client, "ZRANGE", fail), prefix=registry.prefix, keep_versions=3)
+    art = flaky.register(model, activate=True)
+    assert art.version == "v1" and registry.active_version("rg") == "v1"
+
+
+def test_a_retried_guard_rollback_is_announced_and_rolls_back_once(registry, model) -> None:  # type: ignore[no-untyped-def]
+    """The guard judged v3; the rollback went through (v3 -> v2), then Redis failed before it was announced.
+    The hot loop retries the step after its model check swapped the worker to v2: the retry rolled v2
+    back to v1, and the first rollback was never announced on control.model."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream_vae.app import Rollbacks
+    from stream_vae.exceptions import StateStoreError
+    from stream_vae.lifecycle import GuardVerdict
+
+    for _ in range(3):
+        registry.register(model, activate=True)  # v3 active, history v2, v1
+
+    class FailsOnce(RedisModelRegistry):
+        fail = 1
+
+        def get(self, stream: str, version: str):  # type: ignore[no-untyped-def]
+            if self.fail:
+                self.fail -= 1
+                raise StateStoreError("Redis model registry: TimeoutError")
+            return super().get(stream, version)
+
+    flaky = FailsOnce(registry.client, prefix=registry.prefix, keep_versions=3)
+    requested: list[tuple[str, bool]] = []
+    slot = SimpleNamespace(pipeline=SimpleNamespace(model=SimpleNamespace(version="v3")),
+                           request=lambda v, rollback=False: requested.append((v, rollback)))
+    published: list[object] = []
+    rollbacks = Rollbacks(flaky, slot, model.topology)  # type: ignore[arg-type]
+    rollbacks.loop = SimpleNamespace(publish=lambda msgs: _async(published.extend(msgs)))  # type: ignore[assignment]
+    emission = SimpleNamespace(rollback=GuardVerdict(True, "flag rate 0.3 > limit 0.05", 0.3, 1000, "v3"))
+
+    async def main() -> None:
+        with pytest.raises(StateStoreError):
+            await rollbacks.after_batch(emission)  # type: ignore[arg-type]
+        slot.pipeline.model.version = "v2"  # the model check between the attempts swapped the worker
+        await rollbacks.after_batch(emission)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert registry.active_version("rg") == "v2"
+    assert requested == [("v2", True)] and len(published) == 1
+
+
+async def _async(_: object) -> None:
+    return None
