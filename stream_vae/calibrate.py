@@ -37,6 +37,13 @@ Adaptation = Literal["off", "track"]
 _MAX_REF = 4096  # reference scores kept (sorted, evenly subsampled) for p-values
 
 
+def _gpd_survival(excess: FloatArray, xi: float, sigma: float) -> FloatArray:
+    """P(X > u + excess) / P(X > u) under a generalised Pareto tail."""
+    z = np.maximum(excess, 0.0) / sigma
+    out: FloatArray = np.exp(-z) if abs(xi) < 1e-6 else np.maximum(1 + xi * z, 1e-300) ** (-1 / xi)
+    return out
+
+
 def _pwm_gpd(excess: FloatArray) -> tuple[float, float]:
     """Generalised Pareto (shape xi, scale sigma) by probability-weighted moments (Hosking & Wallis 1987)."""
     x = np.sort(excess)
@@ -122,6 +129,7 @@ class Calibrator:
         self._ref: FloatArray = np.zeros(0)
         self._n_ref = 0
         self._gpd: tuple[float, float, float, float] | None = None  # (u, xi, sigma, tail_frac)
+        self._tail_fit: tuple[FloatArray, tuple[float, float, float, float] | None] | None = None  # (for ref, fit)
 
     @classmethod
     def from_spec(cls, spec: CalibrationSpec) -> Calibrator:
@@ -187,16 +195,32 @@ class Calibrator:
         """Estimated probability that a normal record scores at least this high."""
         _ = self.threshold
         n = len(self._ref)
-        # fraction of reference scores >= s, with +1 smoothing so p is never 0
+        # fraction of reference scores >= s, with +1 smoothing so p is never 0; the kept scores are evenly
+        # spaced quantiles of all n_ref, so the count is scaled to n_ref (the floor is 1 / (n_ref + 1))
         ge = n - np.searchsorted(self._ref, scores, side="left")
-        p = (ge + 1.0) / (n + 1.0)
+        N = max(self._n_ref, n)
+        p = (ge * (N / max(n, 1)) + 1.0) / (N + 1.0)
         if self._gpd is not None:
             u, xi, sigma, frac = self._gpd
             over = scores > u
-            z = np.maximum(scores[over] - u, 0.0) / sigma
-            tail = np.exp(-z) if abs(xi) < 1e-6 else np.maximum(1 + xi * z, 1e-300) ** (-1 / xi)
-            p[over] = frac * tail
+            p[over] = frac * _gpd_survival(scores[over] - u, xi, sigma)
+        elif n and (beyond := scores > self._ref[-1]).any() and (tail := self._tail()) is not None:
+            # past the largest reference score the empirical p stops at 1 / (n + 1) (2.4e-4 with 4096 kept),
+            # above fpr x severity_high: every alert was "medium", and all were held back during a drift.
+            # There, and only there, the generalised Pareto tail of the reference's top extrapolates.
+            u, xi, sigma, frac = tail
+            p[beyond] = np.minimum(p[beyond], frac * _gpd_survival(scores[beyond] - u, xi, sigma))
         return np.clip(p, 1e-12, 1.0)
+
+    def _tail(self) -> tuple[float, float, float, float] | None:
+        """A generalised Pareto fit above the reference's ``tail_start`` quantile (None: too few scores),
+        fitted once per reference."""
+        if self._tail_fit is None or self._tail_fit[0] is not self._ref:
+            u = float(np.quantile(self._ref, self.tail_start))
+            excess = self._ref[self._ref > u] - u
+            fit = (u, *_pwm_gpd(excess), len(excess) / len(self._ref)) if len(excess) >= 10 else None
+            self._tail_fit = (self._ref, fit)
+        return self._tail_fit[1]
 
     def to_dict(self) -> dict[str, Any]:
         return {

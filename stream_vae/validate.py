@@ -112,4 +112,11 @@ class Validator:
             # binary keys (serialised integers) stay distinct: an invalid byte becomes \xNN, not U+FFFD
             key = rec.key.decode("utf-8", "backslashreplace")
         ts = obj.get(topo.timestamp_field) if topo.timestamp_field else None
+        # optional, and only passed through to alerts as event_time: a number (epoch) or a short string (ISO
+        # 8601), not an object that would land in every alert
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float | str)
+                               or (isinstance(ts, str) and len(ts) > 64)
+                               or (isinstance(ts, float) and not math.isfinite(ts))):
+            return Rejection(rec, "wrong_type", f"timestamp field '{topo.timestamp_field}' must be a number or "
+                                                f"a date string, got {ts!r:.40}")
         return row, key, ts

@@ -305,3 +305,18 @@ def test_range_rule_off_by_default_and_its_settings_round_trip_only_when_on() ->
     assert back.range_tolerance == 0.05 and back.range_hi is not None and back.range_hi.tolist() == [1.0]
     assert RangeTracker(back).outside(np.array([[1.2]]), ["a"]).tolist() == [[True]]
     assert back.calibration_id("v") == on.calibration_id("v") != off.calibration_id("v")
+
+
+def test_quantile_p_values_go_below_the_reference_floor_so_every_severity_is_reachable() -> None:
+    """With 4096 kept reference scores p stopped at 1/4097: at fpr 0.002 (the demo) `high` needs 2e-4 and
+    `critical` 2e-5, so every alert was `medium`, and all were held back during a drift episode."""
+    from stream_vae.alerts import severity
+
+    ref = np.random.default_rng(0).gamma(2.0, 1.0, 50_000)
+    cal = Calibrator(method="quantile", fpr=0.002).infer_threshold(ref)
+    scores = np.array([cal.threshold, 12.0, 16.0, 20.0, 40.0])
+    p = cal.p_value(scores)
+    assert np.all(np.diff(p) <= 0) and p[0] == pytest.approx(0.002, rel=0.2)
+    assert [severity(float(x), fpr=0.002, high=0.1, critical=0.01) for x in p][-2:] == ["critical", "critical"]
+    true_tail = float(np.exp(-20.0) * 21.0)  # P(Gamma(2, 1) >= 20)
+    assert true_tail <= p[3] <= 1e-4  # extrapolated, and not more extreme than the truth

@@ -114,3 +114,14 @@ def test_an_unforeseen_error_on_one_record_rejects_that_record_only(monkeypatch:
     ok, bad = v.validate([RawRecord(json.dumps(GOOD).encode(), offset=i) for i in range(3)])
     assert len(ok) == 2 and [(r.record.offset, r.reason) for r in bad] == [(1, "unreadable")]
     assert "RuntimeError: boom" in bad[0].detail
+
+
+@pytest.mark.parametrize(("ts", "accepted"), [
+    (5, True), (1.7e12, True), ("2026-11-24T10:00:00Z", True), (None, True),  # optional, passed through
+    ({"a": 1}, False), ([1, 2], False), (True, False), ("x" * 65, False),
+])
+def test_the_timestamp_is_optional_but_never_an_object(ts: object, accepted: bool) -> None:
+    """An object or a list as the timestamp landed in every alert as its event_time."""
+    rec = {**GOOD, "ts": ts} if ts is not None else {k: v for k, v in GOOD.items() if k != "ts"}
+    n_ok, reasons = _one(json.dumps(rec).encode())
+    assert (n_ok, reasons) == ((1, []) if accepted else (0, ["wrong_type"]))
