@@ -20,6 +20,7 @@ import structlog
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from stream_vae import metrics
 from stream_vae.config import Settings
 from stream_vae.exceptions import ModelLoadError, RollbackConflictError
 from stream_vae.hotpath import HotLoop
@@ -143,6 +144,7 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
     # topic that every pod would leave behind on the cluster
     app.producer_only = True
     state = WorkerState(topology)
+    metrics.init_stream(topology.name)
     app.stream_vae_state = state  # type: ignore[attr-defined]
 
     @app.service
@@ -215,6 +217,7 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
 def run_app(app: faust.App, *, loglevel: str = "warning") -> None:
     """Run the worker until SIGTERM/SIGINT (graceful: the batch in flight is committed)."""
     worker = faust.Worker(app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False)
+    worker.spinner = None  # its cursor escape codes broke one-JSON-object-per-line logs
     worker.execute_from_commandline()
 
 

@@ -69,13 +69,14 @@ def _registry(s: Settings) -> Any:
 @friendly
 def validate_topologies(
     directory: Annotated[Path | None, typer.Argument(
-        help="directory of topology YAML files [default: STREAM_VAE_TOPOLOGY_DIR, else ./topologies]")] = None,
+        help="a directory of topology YAML files, or one file (default: STREAM_VAE_TOPOLOGY_DIR, else "
+             "./topologies)")] = None,
 ) -> None:
     """Check every topology file strictly; name the file and field of the first error."""
-    from stream_vae.topology import load_all
+    from stream_vae.topology import load_all, load_topology
 
     directory = directory or Path(_settings().topology_dir)
-    topos = load_all(directory)
+    topos = {(t := load_topology(directory)).name: t} if directory.is_file() else load_all(directory)
     if not topos:
         fail(f"{directory}: no *.yaml topology files found")
     for name, t in topos.items():
@@ -101,7 +102,7 @@ def train(
     topo = _topology(topology)
     registry = _registry(s)  # fail fast on Redis before training
     _torch(s)
-    X, ents = rows_to_matrix(read_rows(input, topo), topo)
+    X, ents = rows_to_matrix(read_rows(input, topo, note=_note), topo)
     with Progress(transient=True, disable=json_out) as prog:
         task = prog.add_task(f"training {topo.name} on {len(X)} rows", total=topo.model.epochs)
 
@@ -127,6 +128,7 @@ def worker(topology: TopologyOpt, pretty: PrettyOpt = False) -> None:
 
     s = _settings(pretty)
     topo = _topology(topology)
+    _check_port(s)
     redis_client(s.redis)  # one-line error now rather than a failing worker later
     asyncio.run(_ensure_topics(s, topo))
     run_app(create_app(s, topo, signing_key=_signing_key(s)))
@@ -144,10 +146,31 @@ def trainer(
 
     s = _settings(pretty)
     topos = {t.name: t for t in (_topology(p) for p in topology)}
+    _check_port(s)
     redis_client(s.redis)
     for t in topos.values():
         asyncio.run(_ensure_topics(s, t))
     run_app(create_trainer_app(s, topos, signing_key=_signing_key(s)))
+
+
+def _note(msg: str) -> None:
+    typer.echo(f"note: {msg}", err=True)
+
+
+def _check_port(s: Settings) -> None:
+    """The probes' port must be free: a second worker on one host otherwise died in a 47-line traceback."""
+    import socket
+
+    w = s.worker
+    if w.http_port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in w.http_host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((w.http_host, w.http_port))
+        except OSError as exc:
+            fail(f"cannot listen on {w.http_host}:{w.http_port} ({exc.strerror}): another worker on this host? "
+                 "Set STREAM_VAE_WORKER__HTTP_PORT")
 
 
 async def _ensure_topics(s: Settings, topo: Any) -> None:
@@ -177,7 +200,7 @@ def produce(
 
     s = _settings(pretty)
     topo = _topology(topology)
-    rows = read_rows(input, topo)
+    rows = read_rows(input, topo, note=_note)
     asyncio.run(_ensure_topics(s, topo))
     with Progress(transient=True) as prog:
         task = prog.add_task(f"producing to {topo.input_topic}", total=len(rows))
@@ -191,31 +214,59 @@ def produce(
 @app.command()
 @friendly
 def alerts(
+    *,
     topology: Annotated[Path | None, typer.Option("--topology", "-t", help="read this topology's alert topics")] = None,
-    topic: Annotated[list[str] | None, typer.Option(help="topic(s) [default: alerts.anomaly, alerts.drift]")] = (
-        None
-    ),
+    stream: Annotated[str | None, typer.Option(help="only this stream's alerts (alert topics may be shared)")] = None,
+    topic: Annotated[list[str] | None, typer.Option(
+        help="topic(s) to read (default: the topology's, else alerts.anomaly and alerts.drift)")] = None,
+    dlq: Annotated[bool, typer.Option("--dlq", help="read the dead-letter topic: each record with its reason")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep waiting for new alerts")] = False,
     from_beginning: Annotated[bool, typer.Option(help="start at the oldest retained alert")] = True,
 ) -> None:
-    """Print alerts as JSON lines."""
+    """Print alerts (or, with --dlq, dead letters) as JSON lines."""
     from stream_vae.kafka import tail
 
     s = _settings()
+    t = _topology(topology) if topology else None
+    name = stream or (t.name if t else None)
     if topic:
         topics = topic
-    elif topology:
-        t = _topology(topology)
+    elif dlq:
+        topics = [t.alerts.dlq_topic if t else "stream-vae.dlq"]
+    elif t:
         topics = [t.alerts.anomaly_topic, t.alerts.drift_topic]
     else:
         topics = ["alerts.anomaly", "alerts.drift"]
 
     async def run() -> None:
         async for m in tail(s.kafka, topics, follow=follow, from_beginning=from_beginning):
-            typer.echo(m.value.decode("utf-8", "replace"))
-            sys.stdout.flush()
+            line = _printable(m, name)
+            if line is not None:
+                typer.echo(line)
+                sys.stdout.flush()
 
     asyncio.run(run())
+
+
+def _printable(m: Any, stream: str | None) -> str | None:
+    """One message as a line: a dead letter with its reason headers, an alert as it is (None: another stream's)."""
+    headers = {k: v.decode("utf-8", "replace") for k, v in (m.headers or ()) if k.startswith("stream-vae.")}
+    if "stream-vae.reason" in headers:
+        return json.dumps({
+            "reason": headers["stream-vae.reason"], "detail": headers.get("stream-vae.detail"),
+            "source": {k.removeprefix("stream-vae.source."): v for k, v in headers.items() if ".source." in k},
+            "key": None if m.key is None else m.key.decode("utf-8", "backslashreplace"),
+            "value": None if m.value is None else m.value.decode("utf-8", "backslashreplace"),
+        })
+    text = m.value.decode("utf-8", "replace") if m.value is not None else ""
+    if stream is not None:
+        try:
+            data = json.loads(text).get("data", {})
+        except (ValueError, AttributeError):
+            data = {}
+        if isinstance(data, dict) and data.get("stream") not in (None, stream):
+            return None
+    return text
 
 
 def _stream_name(topology: Path | None, stream: str | None) -> str:

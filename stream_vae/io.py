@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from stream_vae.records import FloatArray
 from stream_vae.topology import Topology
 
 
-def read_rows(path: str | Path, topology: Topology) -> list[dict[str, Any]]:
+def read_rows(
+    path: str | Path, topology: Topology, *, note: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
     """Rows as dicts with the topology's field names. CSV needs a header naming every feature;
     ``.npy`` is a float array ``[N, D]`` in feature order. Without a key column every row belongs to
     entity ``"0"`` (a worker sends a record without its key field to the dead-letter topic)."""
@@ -26,6 +29,10 @@ def read_rows(path: str | Path, topology: Topology) -> list[dict[str, Any]]:
     rows = _read(p, topology)
     if not rows:
         raise ConfigError(f"{p}: no data rows")
+    if note and topology.key_field and rows[0].get(topology.key_field) == "0" and all(
+            r.get(topology.key_field) == "0" for r in rows):
+        note(f"{p} has no '{topology.key_field}' column (or it is \"0\" throughout): all {len(rows)} rows are "
+             f"one entity, \"0\"")
     return rows
 
 

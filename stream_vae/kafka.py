@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -16,6 +18,18 @@ from stream_vae.config import KafkaSettings
 from stream_vae.exceptions import BrokerError
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """aiokafka logs a failed first connection as an ERROR before raising it; the caller says it in one line."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def unreachable(kafka: KafkaSettings, exc: Exception) -> BrokerError:
     return BrokerError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}. Set KAFKA_BOOTSTRAP_SERVERS")
 
@@ -24,7 +38,8 @@ async def ensure_topics(kafka: KafkaSettings, topics: dict[str, int]) -> None:
     """Create the topics that do not exist yet (name -> partitions), with ``kafka.replication_factor``."""
     admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=10_000)
     try:
-        await admin.start()
+        with _quiet():
+            await admin.start()
     except KafkaConnectionError as exc:
         await admin.close()
         raise unreachable(kafka, exc) from None
@@ -79,7 +94,8 @@ async def produce_rows(
         rate = None  # no limit, as the CLI documents (not one record per round trip)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=10, max_batch_size=1 << 20, acks="all")
     try:
-        await producer.start()
+        with _quiet():
+            await producer.start()
     except KafkaConnectionError as exc:
         await producer.stop()
         raise unreachable(kafka, exc) from None
@@ -133,7 +149,8 @@ async def tail(
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
     try:
-        await consumer.start()
+        with _quiet():
+            await consumer.start()
     except KafkaConnectionError as exc:
         await consumer.stop()
         raise unreachable(kafka, exc) from None

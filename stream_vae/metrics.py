@@ -42,3 +42,14 @@ RECALIBRATIONS = Counter(
 SWAP_PAUSE_MAX = Gauge(
     "stream_vae_swap_pause_max_seconds", "Longest pause of the hot loop for a model swap", ["stream"]
 )
+
+
+def init_stream(stream: str) -> None:
+    """Create a worker's per-stream series at 0, so that alert rules (``== 0``, ``rate()``) and dashboard
+    panels have data before the first event of each kind (a labelled series exists only once touched)."""
+    for metric in (RECORDS_SCORED, ALERTS_SUPPRESSED, SWAPS, ROLLBACKS, REDIS_ERRORS):
+        metric.labels(stream)
+    for severity in ("medium", "high", "critical"):
+        ALERTS.labels(stream, severity)
+    for gauge in (DRIFT_STATE, SWAP_PAUSE_MAX):  # not the lag: 0 would claim a record was just scored
+        gauge.labels(stream).set(0)

@@ -30,6 +30,9 @@ def redis_client(settings: RedisSettings, *, check: bool = True) -> Any:
     import redis
 
     pw = settings.password.get_secret_value() if settings.password else None
+    if not settings.url.startswith(("redis://", "rediss://", "unix://")):
+        raise StateStoreError(f"the Redis URL {settings.redacted_url()} must start with redis://, rediss:// or "
+                              "unix:// (e.g. redis://127.0.0.1:6379/0)")
     try:
         client = redis.Redis.from_url(settings.url, password=pw, socket_connect_timeout=3, socket_timeout=10)
     except ValueError:  # redis-py's message quotes the part of the URL it could not read: a password, maybe

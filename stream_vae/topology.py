@@ -338,9 +338,10 @@ def load_all(directory: str | Path) -> dict[str, Topology]:
     if not d.is_dir():
         raise TopologyError(f"{d}: topology directory not found")
     out: dict[str, Topology] = {}
+    files: dict[str, Path] = {}
     for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
         t = load_topology(p)
         if t.name in out:
-            raise TopologyError(f"{p}: stream name '{t.name}' is already used by another topology")
-        out[t.name] = t
+            raise TopologyError(f"{p}: stream name '{t.name}' is already used by {files[t.name]}")
+        out[t.name], files[t.name] = t, p
     return out

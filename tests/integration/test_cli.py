@@ -52,6 +52,9 @@ def test_worker_process_probes_train_produce_alerts_and_sigterm(tmp_path: Path, 
         wait_for(lambda: http_get(port, "/healthz")[0] == 200, 60, "liveness")
         code, body = http_get(port, "/readyz")
         assert code == 503 and json.loads(body)["model_version"] is None, "not ready without a model"
+        before = scrape(port)  # the stream's series exist at 0 before their first event (alert rules, panels)
+        for series in ("stream_vae_drift_open", "stream_vae_model_rollbacks_total", "stream_vae_redis_errors_total"):
+            assert before.get(series) == 0.0, (series, sorted(before))
 
         r = cli("train", "--topology", str(tfile), "--input", str(data / "demo_train.csv"), "--json", env=env)
         assert r.returncode == 0, r.stderr
@@ -135,6 +138,7 @@ def test_models_activate_and_rollback(tmp_path: Path, env: dict[str, str]) -> No
         (["worker", "-t", "topologies"], {}, "topologies"),  # a directory where a file was meant
         (["validate-topologies"], {"STREAM_VAE_TOPOLOGY_DIR": "no-such-dir"}, "no-such-dir"),
         (["models", "list"], {"STREAM_VAE_KAFKA__SASL_MECHANISM": "PLAIN"}, "needs security_protocol SASL_SSL"),
+        (["models", "list"], {"STREAM_VAE_REDIS__URL": "127.0.0.1:6379"}, "must start with redis://"),
     ],
 )
 def test_bad_config_is_one_line_not_a_traceback(args: list[str], extra_env: dict[str, str], message: str,
@@ -147,6 +151,7 @@ def test_bad_config_is_one_line_not_a_traceback(args: list[str], extra_env: dict
     assert message in r.stderr
     assert "Traceback" not in r.stderr and "Unclosed" not in r.stderr  # clients that failed to start are closed
     assert len([x for x in r.stderr.splitlines() if x.startswith("error:")]) == 1
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # nothing else: no library's own ERROR line first
 
 
 def test_every_verb_has_help() -> None:
@@ -174,6 +179,7 @@ def test_produce_a_csv_without_the_key_column_or_with_a_byte_order_mark(tmp_path
                                     encoding="utf-8")
     r = cli("produce", "-t", str(tfile), "-i", str(tmp_path / "x.csv"), env=env)
     assert r.returncode == 0, r.stderr
+    assert "note: " in r.stderr and "one entity" in r.stderr  # said, not silent
 
     async def read() -> list[dict[str, object]]:
         return [json.loads(m.value) async for m in tail(KafkaSettings(bootstrap_servers=kafka_bootstrap),
@@ -184,3 +190,24 @@ def test_produce_a_csv_without_the_key_column_or_with_a_byte_order_mark(tmp_path
     (tmp_path / "empty.csv").write_text(header + "\n")
     r = cli("train", "-t", str(tfile), "-i", str(tmp_path / "empty.csv"), env=env)
     assert r.returncode == 2 and "no data rows" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_second_worker_on_a_busy_port_says_which_setting_to_change(env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        root = Path(__file__).resolve().parents[2]
+        r = subprocess.run([sys.executable, "-m", "stream_vae.cli", "worker", "-t", "topologies/demo.yaml"],
+                           capture_output=True, text=True, cwd=root, timeout=60, check=False,
+                           env={**os.environ, **env, "STREAM_VAE_WORKER__HTTP_PORT": str(port),
+                                "STREAM_VAE_WORKER__HTTP_HOST": "127.0.0.1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "STREAM_VAE_WORKER__HTTP_PORT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_validate_topologies_takes_a_file_too() -> None:
+    r = cli("validate-topologies", str(Path(__file__).resolve().parents[2] / "topologies" / "demo.yaml"))
+    assert r.returncode == 0 and r.stdout.startswith("ok  demo"), r.stderr
