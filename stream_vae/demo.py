@@ -408,7 +408,8 @@ class Demo:
         )
         if s["scenario"] == "drift":
             self.con.say(
-                f"drift: {s['drift_alerts']} drift alerts, {s['retrains']} retrains, {s['swaps']} swaps "
+                f"drift: {s['drift_alerts']} drift alerts, {s['retrains']} new versions activated (recalibration or "
+                f"retrain), {s['swaps']} swaps "
                 f"(max pause {s['swap_pause_ms_max']} ms), {s['rollbacks']} rollbacks; flagged rate "
                 f"{s['alert_rate_before_drift']} before drift, {s['alert_rate_during_drift']} during, "
                 f"{s['alert_rate_after_swap']} after the swap to {s['final_model_version']}"

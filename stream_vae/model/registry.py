@@ -236,7 +236,8 @@ class RedisModelRegistry:
         except Exception as exc:
             raise _store_error(exc) from None
         if w is None or m is None:
-            raise ModelLoadError(f"model {version} of stream '{stream}' not found in the registry")
+            hint = f" (versions are named like v{version})" if version.isdigit() else ""
+            raise ModelLoadError(f"model {version} of stream '{stream}' not found in the registry{hint}")
         try:
             manifest = json.loads(m)
         except ValueError:
