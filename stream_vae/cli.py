@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -334,14 +335,25 @@ def models_rollback(
               previous=frm)
 
 
+def _model_topic_of(s: Settings, name: str) -> str:
+    """The stream's control.model topic from its topology in STREAM_VAE_TOPOLOGY_DIR, else the default."""
+    from stream_vae.exceptions import TopologyError
+    from stream_vae.topology import ControlSpec, load_all
+
+    with contextlib.suppress(TopologyError, OSError):
+        found = load_all(s.topology_dir).get(name)
+        if found is not None:
+            return found.control.model_topic
+    return ControlSpec().model_topic
+
+
 def _announce(s: Settings, topology: Path | None, name: str, **event: Any) -> None:
     """Tell running workers on control.model (they would also see the pointer at their next poll)."""
     from stream_vae.exceptions import BrokerError
     from stream_vae.hotswap import model_event
     from stream_vae.kafka import produce_rows
-    from stream_vae.topology import ControlSpec
 
-    topic = _topology(topology).control.model_topic if topology else ControlSpec().model_topic
+    topic = _topology(topology).control.model_topic if topology else _model_topic_of(s, name)
     try:
         asyncio.run(asyncio.wait_for(produce_rows(s.kafka, topic, [model_event(name, **event)]), timeout=10))
         typer.echo(f"announced on {topic}")

@@ -28,3 +28,21 @@ def test_alerts_of_another_stream_are_left_out_when_a_stream_is_named() -> None:
     assert _printable(_msg(theirs), "pay") is None
     assert _printable(_msg(theirs), None) == theirs.decode()
     assert _printable(_msg(b"not json"), "pay") == "not json"
+
+
+def test_models_verbs_announce_on_the_streams_own_control_topic(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`models activate vN --stream NAME` announced on the default control.model even when NAME's topology
+    (found in STREAM_VAE_TOPOLOGY_DIR) names another topic; workers then waited for their registry poll."""
+    import yaml
+
+    from stream_vae.cli import _model_topic_of
+    from stream_vae.config import Settings
+    from stream_vae.testing import synth_topology
+
+    topo = synth_topology("pay").model_copy(update={"control": synth_topology().control.model_copy(
+        update={"model_topic": "pay.control.model"})})
+    (tmp_path / "pay.yaml").write_text(yaml.safe_dump(topo.model_dump(mode="json", exclude_none=True)))
+    s = Settings(topology_dir=str(tmp_path))
+    assert _model_topic_of(s, "pay") == "pay.control.model"
+    assert _model_topic_of(s, "other") == "control.model"
+    assert _model_topic_of(Settings(topology_dir=str(tmp_path / "missing")), "pay") == "control.model"
