@@ -112,12 +112,14 @@ class ModelSlot:
         now = time.monotonic()
         if target is None and (force or now - self._last_check >= self.poll_s):
             self._last_check = now
-            active = await asyncio.to_thread(self.registry.active_version, self.topology.name)
+            active, by_rollback = await asyncio.to_thread(self.registry.active_intent, self.topology.name)
             if active:
-                # the pointer moved back to an earlier version: a rollback whose event has not come yet
-                # (another worker rolled back). Not guarded: guarding it would name the bad version as the
-                # one to return to.
-                target = (active, version_sequence(active) < version_sequence(self.pipeline.model.version))
+                # a rollback whose event has not come yet (another worker rolled back) is not guarded:
+                # guarding it would name the bad version as the one to return to. The registry says how the
+                # pointer moved; before it did, an earlier version was taken for a rollback.
+                if by_rollback is None:
+                    by_rollback = version_sequence(active) < version_sequence(self.pipeline.model.version)
+                target = (active, by_rollback)
         if target is None or target[0] == self.pipeline.model.version or target[0] in self._refused:
             return False
         version, rollback = target

@@ -11,6 +11,7 @@ Keys (prefix ``P``, stream ``S``)::
     P:S:seq                version counter
     P:S:active             active version
     P:S:history            list of previously active versions (newest first), for rollback
+    P:S:active_by          how the pointer last moved: activate | rollback
 """
 
 from __future__ import annotations
@@ -284,9 +285,20 @@ class RedisModelRegistry:
             raise RollbackConflictError(f"stream '{stream}': active is {_text(rest[0])}, not {expected}; no rollback")
         return _text(rest[0]), _text(rest[1])
 
+    def active_intent(self, stream: str) -> tuple[str | None, bool | None]:
+        """The active version, and whether it got there by a rollback (None: not recorded, a registry older
+        than this). A worker that sees the pointer move before the event that says why must not guess it
+        from the version numbers: an operator may activate an older version on purpose, to be guarded."""
+        try:
+            v, how = self.client.mget(self._k(stream, "active"), self._k(stream, "active_by"))
+        except Exception as exc:
+            raise _store_error(exc) from None
+        return (None if v is None else _text(v)), (None if how is None else _text(how) == "rollback")
+
     def _script(self, script: str, stream: str, *args: str) -> Any:
         try:
-            return self.client.eval(script, 2, self._k(stream, "active"), self._k(stream, "history"), *args)
+            return self.client.eval(script, 3, self._k(stream, "active"), self._k(stream, "history"),
+                                    self._k(stream, "active_by"), *args)
         except Exception as exc:
             raise _store_error(exc) from None
 
@@ -316,8 +328,8 @@ class RedisModelRegistry:
         return sorted({k.decode().split(":")[-2] for k in self.client.scan_iter(f"{self.prefix}:*:versions")})
 
 
-# KEYS: active pointer, history list. ARGV: version, history length, the version's manifest key.
-# Returns {0, ''} (the version is gone) or {1, previous version or ''}.
+# KEYS: active pointer, history list, how the pointer got there. ARGV: version, history length, the
+# version's manifest key. Returns {0, ''} (the version is gone) or {1, previous version or ''}.
 _ACTIVATE = """
 if redis.call('EXISTS', ARGV[3]) == 0 then return {0, ''} end
 local prev = redis.call('GET', KEYS[1])
@@ -327,6 +339,7 @@ if prev then
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 end
 redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], 'activate')
 return {1, prev or ''}
 """
 
@@ -351,8 +364,8 @@ end
 return dropped
 """
 
-# KEYS: active pointer, history list. ARGV: the version expected to be active ('' = any).
-# Returns {0} (nothing to go back to), {1, active} (not the expected one) or {2, from, to}.
+# KEYS: active pointer, history list, how the pointer got there. ARGV: the version expected to be active
+# ('' = any). Returns {0} (nothing to go back to), {1, active} (not the expected one) or {2, from, to}.
 _ROLLBACK = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return {0} end
@@ -360,6 +373,7 @@ if ARGV[1] ~= '' and cur ~= ARGV[1] then return {1, cur} end
 local prev = redis.call('LPOP', KEYS[2])
 if not prev then return {0} end
 redis.call('SET', KEYS[1], prev)
+redis.call('SET', KEYS[3], 'rollback')
 return {2, cur, prev}
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -231,7 +232,6 @@ def test_a_rollback_seen_by_polling_is_not_guarded_and_an_impossible_one_keeps_t
     before A's rollback event, it swapped to v1 as to a new model: its guard then watched v1 with v2
     (the bad version) as the one to return to. It is a rollback. And a guard that fails with no
     version left to roll back to logs it and keeps the worker serving (it raised out of the hot loop)."""
-    import asyncio
 
     from stream_vae.app import Rollbacks
     from stream_vae.hotswap import ModelSlot
@@ -259,3 +259,31 @@ def test_a_rollback_seen_by_polling_is_not_guarded_and_an_impossible_one_keeps_t
 
     asyncio.run(run())
     assert swaps == [("v2", "v1", True)]
+
+
+def test_an_older_version_activated_by_hand_is_guarded_even_when_the_poll_sees_it_first(setup) -> None:  # type: ignore[no-untyped-def]
+    """An operator activates v1 while workers serve v2. A worker whose registry poll saw the pointer before
+    the control event took it for a rollback (v1 < v2) and did not guard it, so a bad v1 was never rolled
+    back. The registry now records how the pointer moved."""
+    from stream_vae.hotswap import ModelSlot
+
+    topo, registry, _, _ = setup
+    registry.register(quick_model(topo, steps=1000), activate=True)  # v2
+    swaps: list[tuple[str, str, bool]] = []
+
+    async def until_swapped(slot: ModelSlot, n: int) -> None:
+        while len(swaps) < n:
+            await slot.check(force=True)
+            await asyncio.sleep(0.05)
+
+    async def run() -> None:
+        slot = ModelSlot(registry, topo, poll_s=0.0)
+        await slot.wait_for_model()
+        slot.on_swap = lambda old, new, rollback: swaps.append((old.version, new.version, rollback))
+        registry.activate("tr", "v1")  # `stream-vae models activate v1`; its event is still on the way
+        await until_swapped(slot, 1)
+        assert registry.rollback("tr") == ("v1", "v2")  # and a rollback by the pointer is still one
+        await until_swapped(slot, 2)
+
+    asyncio.run(run())
+    assert swaps == [("v2", "v1", False), ("v1", "v2", True)]
