@@ -38,9 +38,17 @@ _MAX_REF = 4096  # reference scores kept (sorted, evenly subsampled) for p-value
 
 
 def _gpd_survival(excess: FloatArray, xi: float, sigma: float) -> FloatArray:
-    """P(X > u + excess) / P(X > u) under a generalised Pareto tail."""
+    """P(X > u + excess) / P(X > u) under a generalised Pareto tail; a fitted negative shape (a finite
+    endpoint, often just past the sample's maximum) is read as exponential with the same mean excess,
+    so that a score past the endpoint is very unlikely, not impossible (p 0, "critical" one float step
+    past the largest calibration score)."""
     z = np.maximum(excess, 0.0) / sigma
-    out: FloatArray = np.exp(-z) if abs(xi) < 1e-6 else np.maximum(1 + xi * z, 1e-300) ** (-1 / xi)
+    if xi < 0:
+        out: FloatArray = np.exp(-z * (1 - xi))  # mean excess sigma / (1 - xi)
+    elif xi < 1e-6:
+        out = np.exp(-z)
+    else:
+        out = (1 + xi * z) ** (-1 / xi)
     return out
 
 
@@ -210,6 +218,7 @@ class Calibrator:
             # There, and only there, the generalised Pareto tail of the reference's top extrapolates.
             u, xi, sigma, frac = tail
             p[beyond] = np.minimum(p[beyond], frac * _gpd_survival(scores[beyond] - u, xi, sigma))
+        p[np.isnan(scores)] = 1.0  # no evidence of anything (searchsorted puts NaN past every score)
         return np.clip(p, 1e-12, 1.0)
 
     def _tail(self) -> tuple[float, float, float, float] | None:

@@ -253,7 +253,10 @@ def _printable(m: Any, stream: str | None) -> str | None:
     """One message as a line: a dead letter with its reason headers, an alert as it is (None: another stream's)."""
     headers = {k: v.decode("utf-8", "replace") for k, v in (m.headers or ()) if k.startswith("stream-vae.")}
     if "stream-vae.reason" in headers:
+        if stream is not None and headers.get("stream-vae.stream") not in (None, stream):
+            return None  # the dead-letter topic may be shared too
         return json.dumps({
+            "stream": headers.get("stream-vae.stream"),
             "reason": headers["stream-vae.reason"], "detail": headers.get("stream-vae.detail"),
             "source": {k.removeprefix("stream-vae.source."): v for k, v in headers.items() if ".source." in k},
             "key": None if m.key is None else m.key.decode("utf-8", "backslashreplace"),

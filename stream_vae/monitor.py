@@ -367,4 +367,5 @@ class StreamMonitor:
             idx = np.flatnonzero((np.arange(len(keys)) + self._seen) % every == 0)
         self._seen += len(out.scored)
         ts = [out.scored[i].timestamp_ms or int(time.time() * 1000) for i in idx]
-        self.reservoir.add(out.batch.X[idx], [keys[i] for i in idx], ts, normal[idx])
+        self.reservoir.add(out.batch.X[idx], [keys[i] for i in idx], ts, normal[idx],
+                           [(out.scored[i].partition, out.scored[i].offset) for i in idx])

@@ -193,6 +193,9 @@ class RetrainSpec(_Strict):
                 f"retrain.min_records {self.min_records} with holdout_fraction {self.holdout_fraction} leaves {fit} "
                 "records to train on; a model needs at least 100: raise min_records or lower holdout_fraction"
             )
+        if self.buffer_size < self.min_records:  # the reservoir could never hold what a retrain waits for
+            raise ValueError(f"retrain.buffer_size {self.buffer_size} < min_records {self.min_records}: every "
+                             "retrain would wait wait_timeout_s and be refused; raise buffer_size")
         return self
 
 

@@ -153,9 +153,11 @@ class Trainer:
             log.warning("recalibrate_unknown_stream", stream=data.get("stream"), known=sorted(self.topologies))
             return []
         episode = str(data.get("episode", ""))
-        if episode and not self.registry.client.set(
-            f"{self.registry.prefix}:{topo.name}:trainer:episode:{episode}", "1", nx=True, ex=86_400
-        ):
+        claim = f"{self.registry.prefix}:{topo.name}:trainer:episode:{episode}"
+        # while in progress the claim lasts only as long as the work may: a trainer killed mid-request (OOM,
+        # a lost node) leaves it uncommitted, and the next trainer must not take the redelivery for a duplicate
+        busy_s = int(topo.retrain.wait_timeout_s + topo.retrain.max_train_seconds) + 300
+        if episode and not self.registry.client.set(claim, "1", nx=True, ex=busy_s):
             log.info("recalibrate_duplicate", stream=topo.name, episode=episode)
             return []
         kind = "threshold" if data.get("kind") == "threshold" else "retrain"
@@ -166,12 +168,14 @@ class Trainer:
         except TrainingAborted:
             # the request is not committed: the trainer that gets it next must not take it for a duplicate
             if episode:
-                self.registry.client.delete(f"{self.registry.prefix}:{topo.name}:trainer:episode:{episode}")
+                self.registry.client.delete(claim)
             log.info("recalibrate_aborted", stream=topo.name, episode=episode)
             return []
         except Exception as exc:  # a failed attempt is reported, the trainer keeps serving
             log.error("recalibrate_failed", stream=topo.name, error=f"{type(exc).__name__}: {exc}")
             msgs, outcome = [self._refuse(topo, f"{type(exc).__name__}: {exc}")], "failed"
+        if episode:  # handled: a redelivery of the request (or the same episode again) is a duplicate for a day
+            self.registry.client.set(claim, "1", ex=86_400)
         metrics.RECALIBRATIONS.labels(topo.name, kind, outcome).inc()
         return msgs
 
@@ -206,7 +210,10 @@ class Trainer:
         assert out.result is not None
         scores = out.result.score[got.normal]  # smoothed per entity, as the pipeline thresholds them
         cal = Calibrator.from_spec(topo.calibration).infer_threshold(scores)
-        model = TrainedModel(topo, active.scorer.vae, active.scaler, cal,
+        cal.range_lo, cal.range_hi = active.calibrator.range_lo, active.calibrator.range_hi  # the training range
+        # the active model's weights, so its window (the topology's may have been edited since: a manifest
+        # naming it would crash every worker at its first batch)
+        model = TrainedModel(topo.model_copy(update={"window": active.window}), active.scorer.vae, active.scaler, cal,
                              {**active.reference, "score_mean": float(scores.mean()), "score_std": float(scores.std())},
                              n_train=len(scores), seasonal_period=active.seasonal_period)
         return [self._register(topo, model, active, {"kind": "threshold", "records": len(scores)})]
@@ -224,10 +231,12 @@ class Trainer:
                              progress=self._check_stop)
         cand = load_artifact(to_artifact(cand_t, "candidate"), topology=topo)
         v_new, v_old = evaluate(topo, cand, hold), evaluate(topo, active, hold)
-        # models that see different inputs (a seasonal period or a window added, dropped or changed) have
+        # models that see different inputs (a seasonal period, a window or a member's window added, dropped or
+        # changed) have
         # likelihoods of different things (a window's density grows with its length): only the flag-rate
         # gate, and the live swap guard, can judge between them
-        comparable = cand.seasonal_period == active.seasonal_period and cand.window == active.window
+        comparable = (cand.seasonal_period == active.seasonal_period and cand.window == active.window
+                      and [v.n_in for v in cand.scorer.members] == [v.n_in for v in active.scorer.members])
         evidence = {"kind": "retrain", "records": len(got), "normal": int(got.normal.sum()), "holdout": n_hold,
                     "candidate": v_new.as_dict(), "active": v_old.as_dict(), "nll_compared": comparable}
         baseline = float(data.get("baseline_alert_rate") or 0.0)

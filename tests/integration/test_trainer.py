@@ -72,6 +72,19 @@ def test_a_stretch_pushed_again_after_a_crash_is_read_once(setup) -> None:  # ty
     assert len(res.read()) == 7
 
 
+def test_identical_readings_are_distinct_records_and_a_replay_is_still_read_once(setup) -> None:  # type: ignore[no-untyped-def]
+    """A flat metric produced as a backlog: an entity's identical readings in one millisecond were merged
+    into one record (2000 pushed, 40 read back), so retrains waited and were refused. Records now carry
+    where they were read from (input partition and offset): equal content is not a copy, a replay is."""
+    _, _, res, _ = setup
+    X = np.ones((2000, 8))
+    keys = [f"host-{i % 40}" for i in range(2000)]
+    origins = [(i % 4, i // 4) for i in range(2000)]
+    res.add(X, keys, [5000] * 2000, [True] * 2000, origins)
+    res.add(X[:500], keys[:500], [5000] * 500, [True] * 500, origins[:500])  # a worker's replay after a crash
+    assert len(res) == 2500 and len(res.read()) == 2000 and res.count_since(5000) == 2000
+
+
 def test_threshold_recalibration_keeps_weights_moves_threshold(setup) -> None:  # type: ignore[no-untyped-def]
     """A threshold request registers a new version with the same weights and a threshold from recent records."""
     _, registry, res, trainer = setup
@@ -287,3 +300,67 @@ def test_an_older_version_activated_by_hand_is_guarded_even_when_the_poll_sees_i
 
     asyncio.run(run())
     assert swaps == [("v2", "v1", False), ("v1", "v2", True)]
+
+
+def test_a_threshold_recalibration_keeps_the_training_range_and_the_models_window(setup) -> None:  # type: ignore[no-untyped-def]
+    """The new version keeps the active model's weights, so it must keep its window (the topology's had
+    been edited from 3 to 1: the manifest named 1, and every worker failed on its first batch) and its
+    training range (dropped, it made the range rule flag normal records)."""
+    from stream_vae.pipeline import Pipeline
+    from stream_vae.testing import raw_records
+
+    _, registry, res, _ = setup
+    opts = {"retrain": {"min_records": 2000, "buffer_size": 5000}, "calibration": {"range_tolerance": 0.05}}
+    registry.register(quick_model(synth_topology("tr", epochs=3, window=3, **opts), steps=1000), activate=True)
+    edited = synth_topology("tr", epochs=3, window=1, **opts)
+    s = generate(n_steps=500, t0=1000, seed=3)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now + i for i in range(len(s.X))], [True] * len(s.X))
+    before = registry.load("tr", str(registry.active_version("tr")), topology=edited)
+    ev = _event(Trainer({"tr": edited}, registry=registry), {"stream": "tr", "kind": "threshold",
+                                                             "since_ms": now, "episode": "e-win"})
+    assert ev["action"] == "activate", ev
+    new = registry.load("tr", str(ev["version"]), topology=edited)
+    assert new.window == before.window == 3
+    assert new.calibrator.range_lo is not None
+    np.testing.assert_array_equal(new.calibrator.range_lo, before.calibrator.range_lo)
+    rows = [{"entity": e, "ts": 0, **dict(zip(edited.feature_names, map(float, x), strict=True))}
+            for x, e in zip(s.X[:50], s.entities[:50], strict=True)]
+    assert len(Pipeline(edited, new).process_batch(raw_records(rows)).scored) == 50
+
+
+def test_a_request_whose_trainer_died_is_handled_by_the_next_one(setup) -> None:  # type: ignore[no-untyped-def]
+    """The claim on a request lasted a day from the start: a trainer killed mid-request (OOM) left it
+    uncommitted, and the redelivery was dropped as a duplicate for a day. In progress it lasts only as
+    long as the work may; once handled, a day."""
+    topo, registry, _, _ = setup
+    claim = f"{registry.prefix}:tr:trainer:episode:e-dead"
+    seen: list[int] = []
+
+    class Observed(Trainer):
+        def _threshold(self, topo, data):  # type: ignore[no-untyped-def]
+            seen.append(int(registry.client.ttl(claim)))  # what a trainer killed here would leave behind
+            return super()._threshold(topo, data)
+
+    Observed({"tr": topo}, registry=registry).handle({"stream": "tr", "kind": "threshold", "since_ms": 0,
+                                                      "episode": "e-dead"})
+    limit = topo.retrain.wait_timeout_s + topo.retrain.max_train_seconds + 300
+    assert seen and 0 < seen[0] <= limit < 86_400
+    assert registry.client.ttl(claim) > 86_400 - 60  # handled (here: refused, no records): a day
+
+
+def test_a_change_of_the_members_windows_is_not_judged_by_likelihood(setup) -> None:  # type: ignore[no-untyped-def]
+    """An ensemble's likelihood sums each member's window: with a member of 1 record the active model's
+    NLL is far lower than that of a candidate whose members all see 4, and the candidate was refused
+    whatever it was worth (only the window and the seasonal period were compared)."""
+    topo, registry, res, _ = setup
+    model = topo.model.model_copy(update={"ensemble": 2, "epochs": 3})
+    mixed = topo.model_copy(update={"window": 4, "model": model.model_copy(update={"member_windows": (4, 1)})})
+    registry.register(quick_model(mixed, steps=1000), activate=True)
+    same = topo.model_copy(update={"window": 4, "model": model})  # the topology's members now all see 4
+    s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now + i for i in range(len(s.X))], [True] * len(s.X))
+    ev = _event(Trainer({"tr": same}, registry=registry), {"stream": "tr", "kind": "retrain", "since_ms": now,
+                                                           "episode": "e-mw", "baseline_alert_rate": 0.01})
+    assert ev["action"] == "activate", ev

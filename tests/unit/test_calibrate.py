@@ -320,3 +320,16 @@ def test_quantile_p_values_go_below_the_reference_floor_so_every_severity_is_rea
     assert [severity(float(x), fpr=0.002, high=0.1, critical=0.01) for x in p][-2:] == ["critical", "critical"]
     true_tail = float(np.exp(-20.0) * 21.0)  # P(Gamma(2, 1) >= 20)
     assert true_tail <= p[3] <= 1e-4  # extrapolated, and not more extreme than the truth
+
+
+@pytest.mark.parametrize("method", ["quantile", "pot"])
+def test_a_bounded_tail_fit_does_not_make_a_score_just_past_the_reference_impossible(method: str) -> None:
+    """The tail fit of a bounded reference has a negative shape, so a finite endpoint, often below the
+    largest score: one float step past it got p 1e-12, a 'critical' alert (and one the drift hold-back
+    let through)."""
+    ref = np.random.default_rng(3).uniform(0, 1, 2000)
+    cal = Calibrator(method=method, fpr=0.005).infer_threshold(ref)
+    top = float(ref.max())
+    p = cal.p_value(np.array([top, top + 1e-9, top + 0.1, np.nan]))
+    assert p[1] > 1e-6 and p[0] >= p[1] >= p[2] > 1e-12
+    assert p[3] == 1.0  # a NaN score is no evidence of anything

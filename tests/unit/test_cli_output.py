@@ -13,12 +13,14 @@ def _msg(value: bytes | None, headers: list[tuple[str, bytes]] | None = None, ke
 
 
 def test_a_dead_letter_is_printed_with_its_reason_and_source() -> None:
-    m = _msg(b"{oops", [("stream-vae.reason", b"invalid_json"), ("stream-vae.detail", b"not valid JSON"),
-                        ("stream-vae.source.topic", b"records.demo"), ("stream-vae.source.offset", b"41")], b"h\xff")
+    m = _msg(b"{oops", [("stream-vae.stream", b"demo"), ("stream-vae.reason", b"invalid_json"),
+                        ("stream-vae.detail", b"not valid JSON"), ("stream-vae.source.topic", b"records.demo"),
+                        ("stream-vae.source.offset", b"41")], b"h\xff")
     assert json.loads(_printable(m, None) or "") == {
-        "reason": "invalid_json", "detail": "not valid JSON", "source": {"topic": "records.demo", "offset": "41"},
-        "key": "h\\xff", "value": "{oops",
+        "stream": "demo", "reason": "invalid_json", "detail": "not valid JSON",
+        "source": {"topic": "records.demo", "offset": "41"}, "key": "h\\xff", "value": "{oops",
     }
+    assert _printable(m, "demo") is not None and _printable(m, "pay") is None  # a shared dead-letter topic
 
 
 def test_alerts_of_another_stream_are_left_out_when_a_stream_is_named() -> None:

@@ -45,6 +45,8 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
         # 100 records, 50 held out: too few left to train on (every retrain failed at run time)
         ({"retrain": {"min_records": 100}}, "retrain"),
         ({"retrain": {"min_records": 500, "holdout_fraction": 0.89}}, "retrain"),
+        # a reservoir smaller than what a retrain waits for: every retrain was refused after wait_timeout_s
+        ({"retrain": {"buffer_size": 1000}}, "retrain"),
     ],
 )
 def test_bad_values_are_rejected(patch: dict[str, object], field: str) -> None:
