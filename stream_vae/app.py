@@ -96,9 +96,11 @@ class Rollbacks:
             self.slot.request(prev, rollback=True)
             return
         # another worker rolled back already (or a trainer activated a newer version): follow the pointer
-        active = await asyncio.to_thread(self.registry.active_version, name)
-        if active and active != bad:  # a newer version is a fresh candidate, to be guarded like any other
-            self.slot.request(active, rollback=version_sequence(active) < version_sequence(bad))
+        active, by_rollback = await asyncio.to_thread(self.registry.active_intent, name)
+        if active and active != bad:  # an activation is a fresh candidate, to be guarded like any other
+            if by_rollback is None:  # a registry that does not say how the pointer moved
+                by_rollback = version_sequence(active) < version_sequence(bad)
+            self.slot.request(active, rollback=by_rollback)
 
 
 def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:

@@ -38,17 +38,9 @@ _MAX_REF = 4096  # reference scores kept (sorted, evenly subsampled) for p-value
 
 
 def _gpd_survival(excess: FloatArray, xi: float, sigma: float) -> FloatArray:
-    """P(X > u + excess) / P(X > u) under a generalised Pareto tail; a fitted negative shape (a finite
-    endpoint, often just past the sample's maximum) is read as exponential with the same mean excess,
-    so that a score past the endpoint is very unlikely, not impossible (p 0, "critical" one float step
-    past the largest calibration score)."""
+    """P(X > u + excess) / P(X > u) under a generalised Pareto tail (0 past a negative shape's endpoint)."""
     z = np.maximum(excess, 0.0) / sigma
-    if xi < 0:
-        out: FloatArray = np.exp(-z * (1 - xi))  # mean excess sigma / (1 - xi)
-    elif xi < 1e-6:
-        out = np.exp(-z)
-    else:
-        out = (1 + xi * z) ** (-1 / xi)
+    out: FloatArray = np.exp(-z) if abs(xi) < 1e-6 else np.maximum(1 + xi * z, 0.0) ** (-1 / xi)
     return out
 
 
@@ -208,16 +200,23 @@ class Calibrator:
         ge = n - np.searchsorted(self._ref, scores, side="left")
         N = max(self._n_ref, n)
         p = (ge * (N / max(n, 1)) + 1.0) / (N + 1.0)
-        if self._gpd is not None:
-            u, xi, sigma, frac = self._gpd
-            over = scores > u
-            p[over] = frac * _gpd_survival(scores[over] - u, xi, sigma)
-        elif n and (beyond := scores > self._ref[-1]).any() and (tail := self._tail()) is not None:
-            # past the largest reference score the empirical p stops at 1 / (n + 1) (2.4e-4 with 4096 kept),
-            # above fpr x severity_high: every alert was "medium", and all were held back during a drift.
-            # There, and only there, the generalised Pareto tail of the reference's top extrapolates.
+        tail = self._gpd if self._gpd is not None else self._tail() if n else None
+        if tail is not None:
             u, xi, sigma, frac = tail
-            p[beyond] = np.minimum(p[beyond], frac * _gpd_survival(scores[beyond] - u, xi, sigma))
+            floor, top = 1.0 / (N + 1.0), float(self._ref[-1])
+            if self._gpd is not None:  # pot: the fitted tail above u, but a score inside the sample is not
+                inside = (scores > u) & (scores <= top)  # rarer than 1 in N + 1 (a bounded fit ends early)
+                p[inside] = np.maximum(frac * _gpd_survival(scores[inside] - u, xi, sigma), floor)
+            # past the largest reference score the empirical p stops at 1 / (N + 1) (2.4e-4 with 4096 kept,
+            # above fpr x severity_high: every alert was "medium", and all were held back during a drift).
+            # There the tail extrapolates: the fitted one, or, for a bounded fit (negative shape, a finite
+            # endpoint often just past the sample's maximum), an exponential from the maximum with the fit's
+            # mean excess, so that a score past it is very unlikely rather than impossible.
+            beyond = scores > top
+            if xi >= 0:
+                p[beyond] = np.minimum(floor, frac * _gpd_survival(scores[beyond] - u, xi, sigma))
+            else:
+                p[beyond] = floor * np.exp(-(scores[beyond] - top) * (1 - xi) / sigma)
         p[np.isnan(scores)] = 1.0  # no evidence of anything (searchsorted puts NaN past every score)
         return np.clip(p, 1e-12, 1.0)
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -101,6 +103,13 @@ def evaluate(topology: Topology, model: LoadedModel, recent: Recent) -> Validati
     const = float(np.mean(consts))
     nll_raw = float(out.result.contributions[normal].sum(axis=1).mean()) + const
     return Validation(float(out.is_anomaly[normal].mean()), nll_raw)
+
+
+def _width_mix(model: LoadedModel) -> dict[int, Fraction]:
+    """The share of an ensemble's members that see each input width: the likelihood is their average,
+    so models with the same mix (one member or three, all of a window of 5) are comparable."""
+    widths = Counter(v.n_in for v in model.scorer.members)
+    return {w: Fraction(c, len(model.scorer.members)) for w, c in widths.items()}
 
 
 def _sampling(topo: Topology) -> str:
@@ -236,7 +245,7 @@ class Trainer:
         # likelihoods of different things (a window's density grows with its length): only the flag-rate
         # gate, and the live swap guard, can judge between them
         comparable = (cand.seasonal_period == active.seasonal_period and cand.window == active.window
-                      and [v.n_in for v in cand.scorer.members] == [v.n_in for v in active.scorer.members])
+                      and _width_mix(cand) == _width_mix(active))
         evidence = {"kind": "retrain", "records": len(got), "normal": int(got.normal.sum()), "holdout": n_hold,
                     "candidate": v_new.as_dict(), "active": v_old.as_dict(), "nll_compared": comparable}
         baseline = float(data.get("baseline_alert_rate") or 0.0)

@@ -11,7 +11,7 @@ Keys (prefix ``P``, stream ``S``)::
     P:S:seq                version counter
     P:S:active             active version
     P:S:history            list of previously active versions (newest first), for rollback
-    P:S:active_by          how the pointer last moved: activate | rollback
+    P:S:active_by          how the pointer last moved: VERSION:activate | VERSION:rollback
 """
 
 from __future__ import annotations
@@ -293,7 +293,11 @@ class RedisModelRegistry:
             v, how = self.client.mget(self._k(stream, "active"), self._k(stream, "active_by"))
         except Exception as exc:
             raise _store_error(exc) from None
-        return (None if v is None else _text(v)), (None if how is None else _text(how) == "rollback")
+        if v is None:
+            return None, None
+        version, _, action = _text(how or b"").rpartition(":")  # "v3:rollback"
+        # only if it names the active version: a release that does not write it may have moved the pointer since
+        return _text(v), (action == "rollback" if version == _text(v) else None)
 
     def _script(self, script: str, stream: str, *args: str) -> Any:
         try:
@@ -339,7 +343,7 @@ if prev then
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[3], 'activate')
+redis.call('SET', KEYS[3], ARGV[1] .. ':activate')
 return {1, prev or ''}
 """
 
@@ -373,7 +377,7 @@ if ARGV[1] ~= '' and cur ~= ARGV[1] then return {1, cur} end
 local prev = redis.call('LPOP', KEYS[2])
 if not prev then return {0} end
 redis.call('SET', KEYS[1], prev)
-redis.call('SET', KEYS[3], 'rollback')
+redis.call('SET', KEYS[3], prev .. ':rollback')
 return {2, cur, prev}
 """
 

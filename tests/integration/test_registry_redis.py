@@ -181,3 +181,38 @@ def test_a_retried_guard_rollback_is_announced_and_rolls_back_once(registry, mod
 
 async def _async(_: object) -> None:
     return None
+
+
+def test_the_registry_says_how_the_pointer_moved_and_only_for_the_version_it_names(registry, model) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(3):
+        registry.register(model, activate=True)
+    assert registry.active_intent("rg") == ("v3", False)
+    registry.activate("rg", "v1")  # an older version, on purpose: an activation
+    assert registry.active_intent("rg") == ("v1", False)
+    registry.rollback("rg")
+    assert registry.active_intent("rg") == ("v3", True)
+    registry.client.set(f"{registry.prefix}:rg:active", "v2")  # a release that does not record it moved the pointer
+    assert registry.active_intent("rg") == ("v2", None)
+
+
+def test_a_worker_that_follows_another_workers_rollback_does_not_guard_its_target(registry, model) -> None:  # type: ignore[no-untyped-def]
+    """An operator activated older v1 over v2 and every worker guarded it. Worker A rolled v1 back to v2;
+    worker B, which judged v1 too, followed the pointer but took v2 (newer than v1) for a fresh candidate
+    and guarded it, with the bad v1 as its fallback."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream_vae.app import Rollbacks
+    from stream_vae.lifecycle import GuardVerdict
+
+    for _ in range(2):
+        registry.register(model, activate=True)
+    registry.activate("rg", "v1")
+    slots = [SimpleNamespace(pipeline=SimpleNamespace(model=SimpleNamespace(version="v1")), requests=[])
+             for _ in range(2)]
+    for s in slots:
+        s.request = lambda v, rollback=False, s=s: s.requests.append((v, rollback))
+    verdict = SimpleNamespace(rollback=GuardVerdict(True, "flag rate too high", 0.5, 1000, "v1"))
+    for s in slots:
+        asyncio.run(Rollbacks(registry, s, model.topology).after_batch(verdict))  # type: ignore[arg-type]
+    assert [s.requests for s in slots] == [[("v2", True)], [("v2", True)]]

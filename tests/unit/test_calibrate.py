@@ -333,3 +333,13 @@ def test_a_bounded_tail_fit_does_not_make_a_score_just_past_the_reference_imposs
     p = cal.p_value(np.array([top, top + 1e-9, top + 0.1, np.nan]))
     assert p[1] > 1e-6 and p[0] >= p[1] >= p[2] > 1e-12
     assert p[3] == 1.0  # a NaN score is no evidence of anything
+
+
+def test_pot_p_values_agree_with_its_threshold_for_a_bounded_tail() -> None:
+    """With a negative fitted shape the fitted tail was once replaced by an exponential everywhere above
+    u: p just past the POT threshold read 7.5x the budget, and 'high' was out of reach inside the sample."""
+    ref = np.random.default_rng(3).uniform(0, 1, 20_000)
+    cal = Calibrator(method="pot", fpr=0.001).infer_threshold(ref)
+    p = cal.p_value(np.array([cal.threshold + 1e-9, float(ref.max())]))
+    assert p[0] == pytest.approx(0.001, rel=0.05)
+    assert p[1] <= 1e-4  # the sample's top is rare, not 'medium'

@@ -161,3 +161,19 @@ def test_alerts_and_incident_ends_go_out_keyed_by_entity_in_the_order_of_their_r
         ("io.stream-vae.anomaly", "t:0:9", "open"),
     ]
     assert events[1]["data"]["incident"]["records"] == 4 and events[1]["data"]["record"]["offset"] == 5
+
+
+def test_likelihoods_compare_when_the_members_see_the_same_mix_of_widths() -> None:
+    """An ensemble's likelihood is its members' average: one member of width 8 or two compare; a mix
+    with a narrower member does not (its average is lower whatever the fit)."""
+    from types import SimpleNamespace
+
+    from stream_vae.trainer import _width_mix
+
+    def model(*widths: int) -> SimpleNamespace:
+        return SimpleNamespace(scorer=SimpleNamespace(members=[SimpleNamespace(n_in=w) for w in widths]))
+
+    assert _width_mix(model(8, 8)) == _width_mix(model(8))  # type: ignore[arg-type]
+    assert _width_mix(model(8, 2)) == _width_mix(model(2, 8, 8, 2))  # type: ignore[arg-type]
+    assert _width_mix(model(8, 2)) != _width_mix(model(8, 8, 2))  # type: ignore[arg-type]
+    assert _width_mix(model(8, 8)) != _width_mix(model(8, 2))  # type: ignore[arg-type]
