@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -34,15 +34,23 @@ def unreachable(kafka: KafkaSettings, exc: Exception) -> BrokerError:
     return BrokerError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}. Set KAFKA_BOOTSTRAP_SERVERS")
 
 
+async def _start(
+    kafka: KafkaSettings, start: Callable[[], Awaitable[Any]], close: Callable[[], Awaitable[Any]]
+) -> None:
+    """Start an aiokafka client; if the broker does not answer, close it (or asyncio reports it unclosed)
+    and raise one clear error."""
+    try:
+        with _quiet():
+            await start()
+    except KafkaConnectionError as exc:
+        await close()
+        raise unreachable(kafka, exc) from None
+
+
 async def ensure_topics(kafka: KafkaSettings, topics: dict[str, int]) -> None:
     """Create the topics that do not exist yet (name -> partitions), with ``kafka.replication_factor``."""
     admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=10_000)
-    try:
-        with _quiet():
-            await admin.start()
-    except KafkaConnectionError as exc:
-        await admin.close()
-        raise unreachable(kafka, exc) from None
+    await _start(kafka, admin.start, admin.close)
     try:
         existing = set(await admin.list_topics())
         new = [NewTopic(t, n, kafka.replication_factor) for t, n in topics.items() if t not in existing]
@@ -93,12 +101,7 @@ async def produce_rows(
     if rate is not None and rate <= 0:
         rate = None  # no limit, as the CLI documents (not one record per round trip)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=10, max_batch_size=1 << 20, acks="all")
-    try:
-        with _quiet():
-            await producer.start()
-    except KafkaConnectionError as exc:
-        await producer.stop()
-        raise unreachable(kafka, exc) from None
+    await _start(kafka, producer.start, producer.stop)
     t0 = time.monotonic()
     sent = 0
     chunk = 500 if rate is None else max(1, min(500, int(rate // 10) or 1))
@@ -148,12 +151,7 @@ async def tail(
         **kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
-    try:
-        with _quiet():
-            await consumer.start()
-    except KafkaConnectionError as exc:
-        await consumer.stop()
-        raise unreachable(kafka, exc) from None
+    await _start(kafka, consumer.start, consumer.stop)
     try:
         assigned: list[TopicPartition] = []
         end: dict[TopicPartition, int] = {}
