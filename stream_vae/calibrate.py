@@ -37,6 +37,14 @@ Adaptation = Literal["off", "track"]
 _MAX_REF = 4096  # reference scores kept (sorted, evenly subsampled) for p-values
 
 
+def _fit_tail(ref: FloatArray, tail_start: float) -> tuple[float, float, float, float] | None:
+    """``(u, xi, sigma, share above u)``: a generalised Pareto fit of the scores above the ``tail_start``
+    quantile ``u`` (None: fewer than 10 of them)."""
+    u = float(np.quantile(ref, tail_start))
+    excess = ref[ref > u] - u
+    return (u, *_pwm_gpd(excess), len(excess) / len(ref)) if len(excess) >= 10 else None
+
+
 def _gpd_survival(excess: FloatArray, xi: float, sigma: float) -> FloatArray:
     """P(X > u + excess) / P(X > u) under a generalised Pareto tail (0 past a negative shape's endpoint)."""
     z = np.maximum(excess, 0.0) / sigma
@@ -174,12 +182,10 @@ class Calibrator:
         idx = np.linspace(0, len(ref) - 1, min(len(ref), _MAX_REF)).round().astype(int)
         self._ref = ref[idx]
         if self.method == "pot" and self.fpr < 1 - self.tail_start:
-            u = float(np.quantile(ref, self.tail_start))
-            excess = ref[ref > u] - u
-            if len(excess) >= 10:
-                xi, sigma = _pwm_gpd(excess)
-                frac = len(excess) / len(ref)
-                self._gpd = (u, xi, sigma, frac)
+            fit = _fit_tail(ref, self.tail_start)
+            if fit is not None:
+                self._gpd = fit
+                u, xi, sigma, frac = fit
                 r = self.fpr / frac
                 t = u - sigma * math.log(r) if abs(xi) < 1e-6 else u + sigma / xi * (r ** (-xi) - 1)
                 self._threshold = float(t)
@@ -224,10 +230,7 @@ class Calibrator:
         """A generalised Pareto fit above the reference's ``tail_start`` quantile (None: too few scores),
         fitted once per reference."""
         if self._tail_fit is None or self._tail_fit[0] is not self._ref:
-            u = float(np.quantile(self._ref, self.tail_start))
-            excess = self._ref[self._ref > u] - u
-            fit = (u, *_pwm_gpd(excess), len(excess) / len(self._ref)) if len(excess) >= 10 else None
-            self._tail_fit = (self._ref, fit)
+            self._tail_fit = (self._ref, _fit_tail(self._ref, self.tail_start))
         return self._tail_fit[1]
 
     def to_dict(self) -> dict[str, Any]:
