@@ -158,9 +158,10 @@ async def tail(
         checked, first = -float("inf"), True
         quiet_since, started_ms = time.monotonic(), time.time() * 1000
         while stop is None or not stop.is_set():
-            if len({tp.topic for tp in assigned}) < len(set(topics)) and time.monotonic() - checked > 0.5:
+            missing = [t for t in dict.fromkeys(topics) if t not in {tp.topic for tp in assigned}]
+            if missing and time.monotonic() - checked > 0.5:
                 checked = time.monotonic()
-                fresh = await _partitions(consumer, [t for t in topics if t not in {tp.topic for tp in assigned}])
+                fresh = await _partitions(consumer, missing)
                 if fresh:  # a topic created since (or at the start): read it from its first or next record
                     at = {tp: await consumer.position(tp) for tp in assigned}  # assign() forgets positions
                     assigned += fresh

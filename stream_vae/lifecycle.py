@@ -170,15 +170,14 @@ class DriftPolicy:
         episode, at = str(held["id"]), held.get("at")
         if not at or not any(r.offset == at[1] and r.partition == at[0] for r in records):  # one input topic
             return episode, None
-        try:
-            signals = [DriftSignal(**d) for d in held["signals"]]
-            request = RecalibrateRequest(**held["request"]) if held.get("request") is not None else None
+        try:  # the request's evidence is the signals' data
+            request: RecalibrateRequest | None = RecalibrateRequest(**held["request"])
+            signals = [DriftSignal(**d) for d in held["request"]["evidence"]]
         except (KeyError, TypeError) as exc:  # not what on_signals writes: keep the episode, publish nothing
             log.warning("drift_claim_unreadable", episode=episode, error=f"{type(exc).__name__}: {exc}")
             return episode, None
-        if request is not None and self.store.claim_many(
-                [self._key("cooldown")], [episode], self.topology.drift.cooldown_s)[0] != episode:
-            request = None
+        if self.store.claim_many([self._key("cooldown")], [episode], self.topology.drift.cooldown_s)[0] != episode:
+            request = None  # another worker's cool-down: the alerts go out again, the request does not
         return episode, PolicyDecision(episode, signals, request)
 
     def on_signals(self, signals: Sequence[DriftSignal], *, model_version: str,
@@ -206,8 +205,7 @@ class DriftPolicy:
         # so a replay of the batch (its worker died before publishing) publishes it: see current()
         at = next(([s.partition, s.offset] for s in signals
                    if s.partition is not None and s.offset is not None), None)
-        held = json.dumps({"id": new_id, "at": at, "signals": [s.data() for s in signals],
-                           "request": candidate.data()})
+        held = json.dumps({"id": new_id, "at": at, "request": candidate.data()})
         if not self.store.set_if_absent(self._key("episode"), held, spec.episode_timeout_s):
             return PolicyDecision(None, [], None)  # another worker (or an earlier batch) opened it already
         request = candidate if self.store.set_if_absent(self._key("cooldown"), new_id, spec.cooldown_s) else None
