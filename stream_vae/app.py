@@ -160,8 +160,7 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
         async def _run(self) -> None:
             try:
                 client = redis_client(settings.redis)
-                registry = RedisModelRegistry(client, prefix=settings.redis.prefix, signing_key=signing_key,
-                                              keep_versions=settings.model_keep_versions)
+                registry = RedisModelRegistry.for_settings(client, settings, signing_key=signing_key)
                 slot = ModelSlot(registry, topology, poll_s=w.model_poll_s)
                 state.slot = slot
                 await slot.wait_for_model(stop=self._stop)
@@ -244,8 +243,7 @@ def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
         # uncommitted and the next trainer handles it again
         stream_wait_empty=False,
     )
-    registry = RedisModelRegistry(redis_client(settings.redis), prefix=settings.redis.prefix, signing_key=signing_key,
-                                  keep_versions=settings.model_keep_versions)
+    registry = RedisModelRegistry.for_settings(redis_client(settings.redis), settings, signing_key=signing_key)
     trainer = Trainer(topologies, registry=registry)
     topics = sorted({t.control.recalibrate_topic for t in topologies.values()})
     source = app.topic(*topics, value_serializer="raw", key_serializer="raw")

@@ -62,8 +62,7 @@ def _registry(s: Settings) -> Any:
     from stream_vae.model.registry import RedisModelRegistry
     from stream_vae.state import redis_client
 
-    return RedisModelRegistry(redis_client(s.redis), prefix=s.redis.prefix, signing_key=_signing_key(s),
-                              keep_versions=s.model_keep_versions)
+    return RedisModelRegistry.for_settings(redis_client(s.redis), s, signing_key=_signing_key(s))
 
 
 @app.command("validate-topologies")

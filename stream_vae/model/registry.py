@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import structlog
 
 from stream_vae.calibrate import Calibrator
+from stream_vae.config import Settings
 from stream_vae.exceptions import ModelLoadError, RollbackConflictError, StateStoreError
 from stream_vae.model.scorer import VAEScorer
 from stream_vae.model.train import TrainedModel
@@ -193,6 +194,12 @@ class RedisModelRegistry:
         self.prefix = prefix
         self.signing_key = signing_key
         self.keep_versions = keep_versions
+
+    @classmethod
+    def for_settings(cls, client: Any, settings: Settings, *, signing_key: bytes | None) -> RedisModelRegistry:
+        """The registry as workers, the trainer and the CLI configure it."""
+        return cls(client, prefix=settings.redis.prefix, signing_key=signing_key,
+                   keep_versions=settings.model_keep_versions)
 
     def _k(self, stream: str, *parts: str) -> str:
         return ":".join((self.prefix, stream, *parts))
