@@ -155,7 +155,7 @@ class IncidentTracker:
     ) -> Selection:
         """Records to alert on, each record's incident id (None: not flagged, or its own incident), and
         the incidents that ended. A key is last seen at its newest record's Kafka timestamp, or at
-        ``now`` (default: the clock) for records without one."""
+        ``now`` (default: the clock) for records without one or stamped later."""
         now = time.time() if now is None else now
         n = len(flagged)
         ids: list[str | None] = [None] * n
@@ -180,7 +180,9 @@ class IncidentTracker:
                 ids[i] = current
             last = batch.records[idx[-1]]
             newest = max(batch.records[i].timestamp_ms for i in idx.tolist())
-            seen = newest / 1000 if newest > 0 else now
+            # a timestamp ahead of the clock counts as the clock (as in StreamClock): a broken producer clock
+            # a year ahead would keep this key's incident from ever ending as idle
+            seen = min(newest / 1000, now) if newest > 0 else now
             if state[0] is not None:  # a record with an older timestamp (out of order) does not turn back the
                 seen = max(seen, state[3])  # time the key was last seen: its open incident would end as idle
             state[:] = [current, bool(b[-1]) if current is not None else False, count, seen, announced,

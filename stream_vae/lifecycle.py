@@ -31,7 +31,8 @@ class EpisodeStore(Protocol):
     def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool: ...
     def claim_many(self, keys: Sequence[str], values: Sequence[str], ttl_s: float) -> list[str]: ...
     def get(self, key: str) -> str | None: ...
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str, *, if_value: str | None = None) -> None:
+        """Delete ``key`` (only while it holds ``if_value``, when given)."""
 
 
 class MemoryEpisodeStore:
@@ -58,8 +59,12 @@ class MemoryEpisodeStore:
             return None
         return v[0]
 
-    def delete(self, key: str) -> None:
-        self._d.pop(key, None)
+    def delete(self, key: str, *, if_value: str | None = None) -> None:
+        if if_value is None or self.get(key) == if_value:
+            self._d.pop(key, None)
+
+
+_DELETE_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class RedisEpisodeStore:
@@ -84,8 +89,11 @@ class RedisEpisodeStore:
         v = self.client.get(key)
         return v.decode() if isinstance(v, bytes) else v
 
-    def delete(self, key: str) -> None:
-        self.client.delete(key)
+    def delete(self, key: str, *, if_value: str | None = None) -> None:
+        if if_value is None:
+            self.client.delete(key)
+        else:  # compare and delete in one step: another worker may have replaced the value since it was read
+            self.client.eval(_DELETE_IF, 1, key, if_value)
 
 
 @dataclass(frozen=True)
@@ -211,9 +219,23 @@ class DriftPolicy:
         request = candidate if self.store.set_if_absent(self._key("cooldown"), new_id, spec.cooldown_s) else None
         return PolicyDecision(new_id, list(signals), request)
 
-    def close_episode(self) -> None:
-        """A new model is active: its reference defines 'normal' again."""
-        self.store.delete(self._key("episode"))
+    def close_episode(self, *, keep_version: str | None = None) -> None:
+        """A new model is active: its reference defines 'normal' again. ``keep_version`` (the new model):
+        an episode that version opened is about its own drift and stays open (another worker swapped
+        first and has seen it drift, or this worker's close was deferred past it)."""
+        key = self._key("episode")
+        if keep_version is None:
+            self.store.delete(key)
+            return
+        raw = self.store.get(key)
+        if raw is None:
+            return
+        try:
+            opened_by = json.loads(raw)["request"]["model_version"]
+        except (ValueError, KeyError, TypeError):
+            opened_by = None  # a plain id (an older worker's claim) or unreadable: it is not the new model's
+        if opened_by != keep_version:
+            self.store.delete(key, if_value=raw)
 
 
 @dataclass

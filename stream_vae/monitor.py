@@ -21,7 +21,7 @@ from redis import RedisError
 from stream_vae import metrics
 from stream_vae.drift import DriftMonitor, DriftSignal
 from stream_vae.hygiene import AlertGate
-from stream_vae.lifecycle import DriftPolicy, GuardVerdict, RedisEpisodeStore, SwapGuard
+from stream_vae.lifecycle import DriftPolicy, GuardVerdict, PolicyDecision, RedisEpisodeStore, SwapGuard
 from stream_vae.model.registry import LoadedModel
 from stream_vae.records import Alert, BatchOutcome, IncidentEnd, RawRecord, Rejection, envelope
 from stream_vae.reservoir import Reservoir, sampled_entity
@@ -106,6 +106,37 @@ def _newest(records: Sequence[RawRecord]) -> dict[int, float]:
     return {p: t / 1000 for p, t in newest.items()}
 
 
+class _Undo:
+    """The state of a batch's entities as it was before the batch, to put back if the batch fails after
+    scoring (Redis down while gating alerts or filling the reservoir): the hot loop then reads the batch
+    again, and a second pass over state that already held it would score each record against a window
+    holding itself, count it twice in the thresholds, and take an incident the first pass opened for one
+    already announced, so its alert was never published. Taken where the pipeline resumes the batch's
+    entities, just before it changes them (a snapshot of those entities only: about 1 % of a batch of
+    1000 records, 3 % of 100)."""
+
+    def __init__(self, pipeline: Any, resume: Callable[[Sequence[str]], list[dict[str, Any]]]) -> None:
+        self.pipeline = pipeline
+        self._resume = resume
+        self._keys: set[str] = set()
+        self._before: dict[str, Any] | None = None
+        self._resumed: list[dict[str, Any]] = []
+
+    def resume(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+        self._resumed = self._resume(keys)
+        self._keys = set(keys)
+        self._before = self.pipeline.snapshot(self._keys)
+        return self._resumed
+
+    def apply(self) -> None:
+        if self._before is None:  # the pipeline changed nothing (no valid record, or resuming failed)
+            return
+        self.pipeline.forget(self._keys)
+        self.pipeline.restore(self._before, merge=True)
+        for saved in self._resumed:  # what was resumed for the batch: held now, so it is not asked for again
+            self.pipeline.restore(saved, merge=True)
+
+
 class StreamClock:
     """How far the worker has read each partition, in its producers' clock: the newest Kafka timestamp
     read from it, plus the time since, on the worker's monotonic clock.
@@ -119,13 +150,18 @@ class StreamClock:
     backlog is read at least once every ``alerts.incident_idle_s``.
     """
 
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self._monotonic = monotonic
+        self._wall = wall
         self._read: dict[int, tuple[float, float]] = {}  # partition -> (newest timestamp, s; when read)
 
     def advance(self, records: Sequence[RawRecord]) -> float | None:
-        """Note what ``records`` read; return their least advanced partition's time (None: no timestamps)."""
-        newest = _newest(records)
+        """Note what ``records`` read; return their least advanced partition's time (None: no timestamps).
+        A timestamp ahead of the worker's clock counts as the clock: one record from a producer whose
+        clock is broken (a year ahead) would make every other key of its partition look idle at once."""
+        wall = self._wall()
+        newest = {p: min(t, wall) for p, t in _newest(records).items()}
         at = self._monotonic()
         for p, t in newest.items():
             if t > self._read.get(p, (0.0, 0.0))[0]:
@@ -167,7 +203,9 @@ class StreamMonitor:
         self._drift: dict[int, DriftMonitor] = {}
         self._last_ckpt = time.monotonic()
         self._checkpoint_due = False
-        self._close_episode = False  # a swap could not close the old model's drift episode: close it first thing
+        # a swap could not close the old model's drift episode: close it first thing, keeping one opened by
+        # this version (the new model's; "": keep none)
+        self._close_episode: str | None = None
         self.clock = StreamClock()
         self._seen = 0
         # the healthy model's flag rate (true anomalies included), tracked while no drift/swap is in progress:
@@ -185,10 +223,12 @@ class StreamMonitor:
         self._drift.clear()
         metrics.DRIFT_STATE.labels(self.topology.name).set(0)
         self.guard.start(new.version, previous=None if rollback else old.version, baseline_rate=self.baseline_rate)
+        # a rollback's version opened the episode that led away from it: that one closes too
+        self._close_episode = keep = "" if rollback else new.version
         try:
-            self.policy.close_episode()
+            self.policy.close_episode(keep_version=keep or None)
+            self._close_episode = None
         except RedisError as exc:
-            self._close_episode = True
             log.warning("drift_episode_not_closed", stream=self.topology.name, error=type(exc).__name__)
 
     def _monitor(self, partition: int, model: LoadedModel) -> DriftMonitor:
@@ -280,13 +320,22 @@ class StreamMonitor:
     # -- the batch -----------------------------------------------------------------------------
     def process(self, records: list[RawRecord]) -> Emission:
         self._save_if_due()
-        if self._close_episode:  # (a Redis error here: the hot loop reads the batch again, and we retry)
-            self.policy.close_episode()
-            self._close_episode = False
-        topo = self.topology
+        if self._close_episode is not None:  # (a Redis error here: the hot loop reads the batch again: retried)
+            self.policy.close_episode(keep_version=self._close_episode or None)
+            self._close_episode = None
         pipeline = self.pipeline_of()
         episode, replayed = self.policy.current(records)
-        out: BatchOutcome = pipeline.process_batch(records, drift_episode=episode, resume=self.entities.resume)
+        undo = _Undo(pipeline, self.entities.resume)
+        try:
+            return self._process(records, pipeline, episode, replayed, undo.resume)
+        except BaseException:
+            undo.apply()  # the hot loop reads the batch again (a Redis error): it must find the state as it was
+            raise
+
+    def _process(self, records: list[RawRecord], pipeline: Any, episode: str | None,
+                 replayed: PolicyDecision | None, resume: Callable[[Sequence[str]], list[dict[str, Any]]]) -> Emission:
+        topo = self.topology
+        out: BatchOutcome = pipeline.process_batch(records, drift_episode=episode, resume=resume)
         batch_time = self.clock.advance(records)
         if out.batch is not None:
             self.entities.touched(out.batch.keys, (r.partition for r in out.scored))

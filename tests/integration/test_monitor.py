@@ -8,7 +8,9 @@ import time
 
 import numpy as np
 import pytest
+import river.drift  # noqa: F401  (stream_vae.drift imports it at first use, which can take seconds on a busy
 
+# machine: the tests below with an idle time of 1-2 s would count that as the key's quiet time)
 from stream_vae.model.train import train_model
 from stream_vae.monitor import StreamMonitor
 from stream_vae.pipeline import Pipeline
@@ -131,6 +133,35 @@ def test_idle_time_is_measured_per_partition_in_the_producers_clock(redis_url: s
     assert incidents(monitor.tick(), "idle") == [], "caught up, the producers' clock 30 s behind: nobody is idle yet"
     time.sleep(2.2)
     assert sorted(incidents(monitor.tick(), "idle")) == ["t:0:57", "t:1:7"], "two seconds of quiet: both are"
+
+
+def test_a_record_stamped_far_in_the_future_does_not_make_its_partition_idle(
+        redis_url: str, redis_prefix: str) -> None:
+    """alerts.incident_idle_s 2 s. host-a (partition 0) opens an incident; then host-b, on the same
+    partition, sends one record stamped a year ahead (a producer with a broken clock). host-a has not
+    been quiet for 2 s: its incident stays open (its partition's time had jumped a year). host-c
+    (partition 1) opens an incident with records stamped a year ahead: 2 s of quiet end it as idle,
+    as they end host-a's (its last-seen time had been a year ahead, so it never ended)."""
+    topo, monitor = _incident_monitor("future", 2.0, redis_url, redis_prefix)
+    now, year = int(time.time() * 1000), 365 * 86400 * 1000
+    X = iid_stream(21, 4)
+    X[7:10] += 40.0
+    X[18:21] += 40.0
+    recs = keyed_records(X, ["host-a"] * 10 + ["host-b"] + ["host-c"] * 10)
+    recs = [dataclasses.replace(r, partition=int(i > 10), offset=i, timestamp_ms=now + i + (i >= 10) * year)
+            for i, r in enumerate(recs)]
+
+    def incidents(messages: list, event: str) -> list[str]:  # type: ignore[type-arg]
+        data = [json.loads(m.value)["data"] for m in messages if m.topic == topo.alerts.anomaly_topic]
+        return [d["incident"]["id"] for d in data
+                if d["incident"]["event"] == event or d["incident"].get("reason") == event]
+
+    assert "t:0:7" in incidents(monitor.process(recs[:10]).messages, "open")
+    assert incidents(monitor.process(recs[10:11]).messages + monitor.tick(), "idle") == [], \
+        "host-b's future stamp does not make host-a idle"
+    assert "t:1:18" in incidents(monitor.process(recs[11:]).messages, "open")
+    time.sleep(2.2)
+    assert sorted(incidents(monitor.tick(), "idle")) == ["t:0:7", "t:1:18"], "two seconds of quiet end both"
 
 
 @pytest.mark.parametrize("window", [2, 1])
@@ -261,20 +292,83 @@ def test_a_redis_error_at_a_swap_neither_unguards_the_new_model_nor_keeps_the_ol
         def __getattr__(self, name: str) -> object:
             return getattr(client, name)
 
-        def delete(self, *keys: str) -> int:
+        def _once(self) -> None:
             if self.fail:
                 self.fail = False
                 raise redis_py.ConnectionError("Redis restarting")
-            return int(client.delete(*keys))
 
+        def get(self, key: str) -> object:
+            self._once()
+            return client.get(key)
+
+    failing = FailsOnce()
     pipeline = Pipeline(topo, v1)
-    monitor = StreamMonitor(topo, lambda: pipeline, client=FailsOnce(), prefix=redis_prefix, checkpoint_s=3600)
+    monitor = StreamMonitor(topo, lambda: pipeline, client=failing, prefix=redis_prefix, checkpoint_s=3600)
     episode = f"{redis_prefix}:swapfail:drift:episode"
     client.set(episode, "drift-of-v1", px=900_000)
     monitor.on_swap(pipeline.swap(v2), v2)
     assert monitor.guard.active and monitor.guard.version == "v2"
     monitor.process(keyed_records(iid_stream(20, 3), ["host-a"] * 20))
     assert client.get(episode) is None
+
+    # again, and before the deferred close another worker, already on v2, sees v2 drift and opens an
+    # episode: the close is the old model's, it leaves v2's episode open (it deleted whatever was there)
+    failing.fail = True
+    v3 = loaded(train_model(iid_stream(1500, 2), topo), "v3")
+    client.set(episode, "drift-of-v2", px=900_000)
+    monitor.on_swap(pipeline.swap(v3), v3)
+    v3_claim = json.dumps({"id": "drift-of-v3", "at": None, "request": {"model_version": "v3"}})
+    client.set(episode, v3_claim, px=900_000)
+    monitor.process(keyed_records(iid_stream(20, 4), ["host-a"] * 20))
+    assert client.get(episode) == v3_claim.encode()
+
+
+def test_a_batch_that_fails_after_scoring_is_read_again_on_the_state_it_found(
+        redis_url: str, redis_prefix: str) -> None:
+    """alerts.group: incident. host-a's second batch opens an incident; Redis fails once after scoring
+    (the reservoir push), so the hot loop reads the batch again. The second pass finds the state the
+    first one found: the incident's opening alert is published (it was taken for one already open and
+    lost), and the records score as they do without the error (not against windows holding themselves)."""
+    import redis as redis_py
+
+    base = iid_topology(fpr=0.002)
+    topo = base.model_copy(update={"name": "undo", "alerts": base.alerts.model_copy(
+        update={"group": "incident", "cooldown_s": 0.0})})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    X = iid_stream(40, 1)
+    X[20:] += 40.0
+    recs = keyed_records(X, ["host-a"] * 40)
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+
+    def run(name: str, fail: bool) -> tuple[list[tuple[int, str | None]], list[float]]:
+        pipeline = Pipeline(topo, model)
+        monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=f"{redis_prefix}-{name}",
+                                checkpoint_s=3600)
+        add, calls = monitor.reservoir.add, []
+
+        def flaky(*args: object, **kwargs: object) -> None:
+            calls.append(1)
+            if fail and len(calls) == 2:
+                raise redis_py.ConnectionError("Redis restarting")
+            add(*args, **kwargs)  # type: ignore[arg-type]
+
+        monitor.reservoir.add = flaky  # type: ignore[method-assign]
+        alerts, scores = [], []
+        for lo in (0, 20):
+            while True:  # what the hot loop does with a Redis error: read the batch again
+                try:
+                    emitted = monitor.process(recs[lo:lo + 20])
+                    break
+                except redis_py.ConnectionError:
+                    assert fail
+            alerts += [(a.offset, a.incident_event) for a in emitted.alerts]
+            assert emitted.outcome.result is not None
+            scores += emitted.outcome.result.score.tolist()
+        return alerts, scores
+
+    clean, failed = run("clean", False), run("failed", True)
+    assert (20, "open") in clean[0] and failed[0] == clean[0]
+    assert failed[1] == clean[1]
 
 
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:

@@ -79,6 +79,17 @@ def test_close_episode_after_swap() -> None:
     assert pol.episode is None
 
 
+def test_a_swap_closes_the_old_models_episode_and_keeps_the_new_ones() -> None:
+    """Closing for a swap to v2: an episode v1 opened closes; one v2 opened (another worker swapped
+    first and saw v2 drift) is about the new model and stays open."""
+    pol, _ = _policy()
+    pol.on_signals([_sig("latent")], model_version="v2")
+    pol.close_episode(keep_version="v2")
+    assert pol.episode is not None
+    pol.close_episode(keep_version="v3")
+    assert pol.episode is None
+
+
 def test_guard_passes_a_good_model_and_fails_a_bad_one() -> None:
     """The guard accepts a flag rate near the healthy baseline and rejects one far above it."""
     topo = synth_topology(calibration={"fpr": 0.002}, guard={"records": 1000, "min_alerts": 5})

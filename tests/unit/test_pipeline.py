@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -289,7 +291,6 @@ def test_an_incident_whose_key_goes_quiet_is_resolved_after_the_idle_time() -> N
     (no record), once; the key's next wild record opens a new incident. The last-seen time survives a
     snapshot, and states saved before it existed resume as seen at restore."""
     import json
-    import time
 
     from stream_vae.monitor import alert_messages
     from stream_vae.topology import Topology
@@ -445,7 +446,6 @@ def test_an_incident_is_announced_only_by_its_own_published_alert() -> None:
     """IncidentTracker.announce marks the key's open incident if the id matches (among the several
     incidents one key may have alerted on in a batch); the end carries it, and the key's next incident
     starts unannounced (also after an idle end)."""
-    import time
 
     from stream_vae.alerts import IncidentTracker
     from stream_vae.validate import Validator
@@ -499,7 +499,7 @@ def test_a_record_with_an_older_timestamp_does_not_end_an_incident_as_idle() -> 
     from stream_vae.validate import Validator
 
     batch, _ = Validator(iid_topology()).validate(keyed_records(iid_stream(3, 6), ["host-a"] * 3))
-    t = 1_800_000_000_000  # ms
+    t = int(time.time() * 1000) - 86_400_000  # ms, a day ago (a stamp ahead of the clock counts as the clock)
     stamps = [t, t + 1000, t + 1000 - 3_600_000]
     batch = dataclasses.replace(batch, records=[dataclasses.replace(r, timestamp_ms=t)
                                                 for r, t in zip(batch.records, stamps, strict=True)])
