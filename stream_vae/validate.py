@@ -18,6 +18,17 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite constant {name}")
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Validator:
     """Checks records against one topology.
 
@@ -99,6 +110,9 @@ class Validator:
                     return Rejection(rec, "non_finite", f"field '{f.name}' is too large for a float")
                 if not math.isfinite(x):
                     return Rejection(rec, "non_finite", f"field '{f.name}' is not finite")
+                if abs(x) > _FLOAT32_MAX:  # the model and the retraining reservoir hold float32: it would be inf
+                    return Rejection(rec, "non_finite", f"field '{f.name}'={x:.3g} is beyond +-{_FLOAT32_MAX:.3g}, "
+                                                        "the largest value the model holds")
             if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
                 return Rejection(rec, "out_of_range", f"field '{f.name}'={x} outside [{f.min}, {f.max}]")
             row.append(x)
@@ -111,11 +125,13 @@ class Validator:
         elif rec.key is not None:
             # binary keys (serialised integers) stay distinct: an invalid byte becomes \xNN, not U+FFFD
             key = rec.key.decode("utf-8", "backslashreplace")
+        if not _utf8(key):  # a lone surrogate ("\ud800" in JSON) cannot be written to Redis or Kafka
+            return Rejection(rec, "wrong_type", f"key {key!r:.40} is not valid Unicode (a lone surrogate)")
         ts = obj.get(topo.timestamp_field) if topo.timestamp_field else None
         # optional, and only passed through to alerts as event_time: a number (epoch) or a short string (ISO
         # 8601), not an object that would land in every alert
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float | str)
-                               or (isinstance(ts, str) and len(ts) > 64)
+                               or (isinstance(ts, str) and (len(ts) > 64 or not _utf8(ts)))
                                or (isinstance(ts, float) and not math.isfinite(ts))):
             return Rejection(rec, "wrong_type", f"timestamp field '{topo.timestamp_field}' must be a number or "
                                                 f"a date string, got {ts!r:.40}")

@@ -47,17 +47,18 @@ class TrainedModel:
 def _windows_and_keys(
     X: FloatArray, entities: Sequence[str] | None, window: int
 ) -> tuple[FloatArray, list[str], np.ndarray[Any, np.dtype[np.intp]]]:
-    """Windows that never cross entities (grouped by entity, in order of first appearance), with their
-    keys and, for each window, the row of ``X`` it ends at."""
+    """Windows that never cross entities, in arrival order (the validation tail is then the most recent
+    rows of every entity, not the entities that came last), with their keys and, for each window, the
+    row of ``X`` it ends at."""
     if entities is None:
         return make_windows(X, window), [""] * len(X), np.arange(len(X))
-    ent = np.asarray(entities)
-    order = list(dict.fromkeys(entities))
-    if window == 1 or len(order) == 1:  # arrival order kept: the validation tail is the most recent rows
+    groups = entity_groups(entities)  # (not np.asarray(entities) == e: numpy drops a key's trailing NULs)
+    if window == 1 or len(groups) == 1:
         return make_windows(X, window), [str(e) for e in entities], np.arange(len(X))
-    rows = [np.flatnonzero(ent == e) for e in order]
-    keys = [str(e) for e, r in zip(order, rows, strict=True) for _ in range(len(r))]
-    return np.concatenate([make_windows(X[r], window) for r in rows], axis=0), keys, np.concatenate(rows)
+    ends = np.concatenate(list(groups.values()))
+    W = np.concatenate([make_windows(X[r], window) for r in groups.values()], axis=0)
+    order = np.argsort(ends, kind="stable")
+    return W[order], [str(entities[i]) for i in ends[order]], ends[order]
 
 
 def _seasonal(

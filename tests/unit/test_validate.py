@@ -90,6 +90,24 @@ def test_records_that_break_the_parser_are_rejected_not_raised(value: bytes, rea
     assert [r.reason for r in bad] == [reason] and len(ok) == 1
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        # finite for Python, inf in the model's and the reservoir's float32 (a retrain then refused the data)
+        (json.dumps({**GOOD, "a": 1e39}).encode(), "non_finite"),
+        (json.dumps({**GOOD, "a": -1e39}).encode(), "non_finite"),
+        # valid JSON, but no Unicode string: Redis and the alert's Kafka key could not encode it
+        (b'{"k": "\\ud800", "ts": 1, "a": 1, "b": 1, "n": 1, "flag": false}', "wrong_type"),
+        (b'{"k": "e", "ts": "\\udfff", "a": 1, "b": 1, "n": 1, "flag": false}', "wrong_type"),
+    ],
+)
+def test_values_the_worker_cannot_hold_are_rejected(value: bytes, reason: str) -> None:
+    """A value beyond float32 and a key or timestamp with a lone surrogate passed validation and then
+    broke the worker further on (a UnicodeEncodeError ended the worker on the same record after every restart)."""
+    ok, bad = Validator(TOPO).validate([RawRecord(value), RawRecord(json.dumps({**GOOD, "a": 3e38}).encode())])
+    assert [r.reason for r in bad] == [reason] and len(ok) == 1
+
+
 def test_binary_kafka_keys_stay_distinct() -> None:
     """Without key_field the entity is the Kafka key. Keys that are not UTF-8 (a serialised long:
     128 and 129) must not collapse into one entity, as they did with U+FFFD replacement."""
