@@ -120,11 +120,15 @@ class EntityCheckpoints:
         self._dirty: set[str] = set()
 
     def resume(self, keys: Sequence[str]) -> list[dict[str, Any]]:
-        """The saved state of the entities among ``keys`` that this worker has not held yet."""
+        """The saved state of the entities among ``keys`` that this worker has not held yet.
+
+        A Redis error is raised (before the pipeline changes anything: the hot loop reads the batch
+        again): an entity started afresh was never read back, and its first save overwrote what it had."""
         new = [k for k in dict.fromkeys(keys) if k not in self._held]
+        states = self._fetch(new)
         for k in new:
             put(self._held, k, -1, self.max_entities)
-        return self._fetch(new)
+        return states
 
     def adopt(self, partitions: Collection[int]) -> list[dict[str, Any]]:
         """The saved state of the entities with an open incident in ``partitions`` (just assigned to this
@@ -136,22 +140,19 @@ class EntityCheckpoints:
                 pipe.incr(self.owner_prefix + str(p))
             self._epoch.update(zip(partitions, (int(e) for e in pipe.execute()), strict=True))
             found = {p: self.client.hkeys(self.open_prefix + str(p)) for p in partitions}
-        except _REDIS_DOWN as exc:
+            new = {k.decode(): p for p, ks in found.items() for k in ks if k.decode() not in self._held}
+            states = self._fetch(list(new))
+        except _REDIS_DOWN as exc:  # not held: they are resumed when they next send
             log.warning("open_incidents_unavailable", partitions=len(partitions), error=type(exc).__name__)
             return []
-        new = {k.decode(): p for p, ks in found.items() for k in ks if k.decode() not in self._held}
         for k, p in new.items():
             put(self._held, k, p, self.max_entities)
-        return self._fetch(list(new))
+        return states
 
     def _fetch(self, new: Sequence[str]) -> list[dict[str, Any]]:
         if not new:
             return []
-        try:
-            raws = self.client.mget([self.prefix + k for k in new])
-        except _REDIS_DOWN as exc:  # score on: these entities start afresh
-            log.warning("entity_state_unavailable", entities=len(new), error=type(exc).__name__)
-            return []
+        raws = self.client.mget([self.prefix + k for k in new])
         states = []
         for k, raw in zip(new, raws, strict=True):
             if raw is None:

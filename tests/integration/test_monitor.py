@@ -371,6 +371,51 @@ def test_a_batch_that_fails_after_scoring_is_read_again_on_the_state_it_found(
     assert failed[1] == clean[1]
 
 
+def test_a_redis_error_while_resuming_an_entity_is_retried_not_taken_for_no_saved_state(
+        redis_url: str, redis_prefix: str) -> None:
+    """Worker A saves host-a with an incident open; worker B is given it and its first read of the saved
+    state fails (Redis restarting). The batch fails and is read again, and B resumes host-a: no second
+    opening alert under a new id, and B's save keeps the incident A opened (the error had been swallowed,
+    host-a started afresh for good, and B's save overwrote A's state)."""
+    import redis as redis_py
+
+    from stream_vae.state import EntityCheckpoints
+
+    topo = iid_topology(fpr=0.002)
+    topo = topo.model_copy(update={"name": "resume", "alerts": topo.alerts.model_copy(update={"group": "incident"})})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    X = iid_stream(60, 1)
+    X[20:] += 40.0
+    recs = keyed_records(X, ["host-a"] * 60)
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+
+    class FailsOnce:
+        fail = True
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(client, name)
+
+        def mget(self, keys: list[str]) -> object:
+            if self.fail:
+                self.fail = False
+                raise redis_py.ConnectionError("Redis restarting")
+            return client.mget(keys)
+
+    a, saved_a = Pipeline(topo, model), EntityCheckpoints(client, prefix=redis_prefix, stream=topo.name)
+    out = a.process_batch(recs[:40], resume=saved_a.resume)
+    saved_a.touched(["host-a"] * 40, [0] * 40)
+    saved_a.save(a)
+    b, saved_b = Pipeline(topo, model), EntityCheckpoints(FailsOnce(), prefix=redis_prefix, stream=topo.name)
+    with pytest.raises(redis_py.ConnectionError):
+        b.process_batch(recs[40:], resume=saved_b.resume)
+    again = b.process_batch(recs[40:], resume=saved_b.resume)
+    assert out.alerts[-1].offset == 20 and again.alerts == []
+    saved_b.touched(["host-a"] * 20, [0] * 20)
+    saved_b.save(b)
+    state = json.loads(client.get(f"{redis_prefix}:{topo.name}:entity:host-a"))
+    assert state["incidents"]["open"]["host-a"][:3] == [out.alerts[-1].incident, False, 40]
+
+
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
     """Worker A scores host-a and stalls past the session timeout before its checkpoint; the group gives
     the partition to B, which scores on and saves. A learns it was expelled only when it wakes up, and
