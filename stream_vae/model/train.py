@@ -47,18 +47,23 @@ class TrainedModel:
 def _windows_and_keys(
     X: FloatArray, entities: Sequence[str] | None, window: int
 ) -> tuple[FloatArray, list[str], np.ndarray[Any, np.dtype[np.intp]]]:
-    """Windows that never cross entities, in arrival order (the validation tail is then the most recent
-    rows of every entity, not the entities that came last), with their keys and, for each window, the
-    row of ``X`` it ends at."""
+    """Windows that never cross entities, grouped by entity, with their keys and, for each window, the
+    row of ``X`` it ends at.
+
+    Grouped, the validation tail is the whole history of the entities that come last: it spans every
+    time of day. In arrival order it would be the last tenth of the time span, which on a seasonal stream
+    is one phase of the cycle: measured on the synthetic server metrics (6 hosts, window 4), the threshold
+    then fell from about 10 to 7 and a retrain's candidate flagged 12 % of the held-out records instead
+    of 0.3 %, so it was refused. The cost: those entities are not trained on (the model is shared)."""
     if entities is None:
         return make_windows(X, window), [""] * len(X), np.arange(len(X))
     groups = entity_groups(entities)  # (not np.asarray(entities) == e: numpy drops a key's trailing NULs)
-    if window == 1 or len(groups) == 1:
+    if window == 1 or len(groups) == 1:  # arrival order kept: the validation tail is the most recent rows
         return make_windows(X, window), [str(e) for e in entities], np.arange(len(X))
-    ends = np.concatenate(list(groups.values()))
-    W = np.concatenate([make_windows(X[r], window) for r in groups.values()], axis=0)
-    order = np.argsort(ends, kind="stable")
-    return W[order], [str(entities[i]) for i in ends[order]], ends[order]
+    order = sorted(groups, key=lambda e: int(groups[e][0]))  # in order of first appearance
+    ends = np.concatenate([groups[e] for e in order])
+    W = np.concatenate([make_windows(X[groups[e]], window) for e in order], axis=0)
+    return W, [str(entities[i]) for i in ends], ends
 
 
 def _seasonal(
