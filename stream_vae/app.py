@@ -7,18 +7,22 @@ scoring hot path is ``HotLoop`` (own aiokafka consumer, batches) run as a faust 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import ssl
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 import structlog
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis import RedisError
 
 from stream_vae import metrics
 from stream_vae.config import Settings
@@ -32,6 +36,7 @@ from stream_vae.state import redis_client
 from stream_vae.topology import Topology
 
 log = structlog.get_logger("stream_vae.app")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -222,12 +227,22 @@ def run_app(app: faust.App, *, loglevel: str = "warning") -> None:
     worker.execute_from_commandline()
 
 
+async def _redis_retried(call: Callable[[dict[str, Any]], _T], data: dict[str, Any]) -> _T:
+    """``call(data)`` in a thread; a Redis error waits and tries again (the request in hand is not lost)."""
+    pause = 1.0
+    while True:
+        try:
+            return await asyncio.to_thread(call, data)
+        except RedisError as exc:
+            log.warning("trainer_redis_unavailable", error=f"{type(exc).__name__}: {exc}"[:200], retry_in_s=pause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 30.0)
+
+
 def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
                        signing_key: bytes | None = None) -> faust.App:
     """A faust app whose agent answers ``control.recalibrate`` events with the ``Trainer`` (in a thread)."""
-    import json
-
-    from stream_vae.trainer import Trainer
+    from stream_vae.trainer import Trainer, parse_request
 
     w = settings.worker
     set_torch_threads(w.torch_threads)
@@ -254,23 +269,25 @@ def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
         status["started"] = True  # the agent runs once the consumer is up
         log.info("trainer_started", streams=sorted(topologies), topics=topics)
         async for value in stream:
-            try:
-                data = json.loads(value)["data"]
-            except (ValueError, KeyError, TypeError):
-                log.warning("recalibrate_event_ignored", reason="not a stream-vae event")
+            data = parse_request(value)
+            if isinstance(data, str):
+                log.warning("recalibrate_event_ignored", reason=data)
                 continue
             status["busy"] = data.get("stream")
+            attempt = uuid.uuid4().hex
             try:
                 # wait here, not in the thread: a shutdown cancels this sleep at once
                 deadline = time.monotonic() + trainer.wait_timeout(data)
-                while time.monotonic() < deadline and not await asyncio.to_thread(trainer.has_records, data):
+                while time.monotonic() < deadline and not await _redis_retried(trainer.has_records, data):
                     await asyncio.sleep(trainer.poll_s)
-                for topic, body in await asyncio.to_thread(trainer.handle, data):
+                for topic, body in await _redis_retried(functools.partial(trainer.handle, attempt=attempt), data):
                     await app.topic(topic, value_serializer="raw").send(key=str(data.get("stream")).encode(),
                                                                         value=body)
             except asyncio.CancelledError:
                 trainer.stopping.set()  # shutting down: the training thread stops after its current epoch
                 raise
+            except Exception as exc:  # raised out of here, it ends the agent: faust restarts it at the next event
+                log.error("recalibrate_failed", stream=data.get("stream"), error=f"{type(exc).__name__}: {exc}"[:300])
             finally:
                 status["busy"] = None
                 status["handled"] += 1

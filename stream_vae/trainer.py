@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from redis import RedisError
 
 from stream_vae import metrics
 from stream_vae.calibrate import Calibrator
@@ -125,6 +127,22 @@ class TrainingAborted(Exception):  # noqa: N818 - it is an outcome, not an error
     """The trainer is shutting down; the candidate in training is dropped."""
 
 
+def parse_request(value: bytes | None) -> dict[str, Any] | str:
+    """A ``control.recalibrate`` event's data, or why it is not one to handle (it is skipped: anything a
+    handler raised on would end the trainer's agent, and the request it held with it)."""
+    try:
+        data = json.loads(value or b"")["data"]
+    except (ValueError, KeyError, TypeError):
+        return "not a stream-vae event"
+    if not isinstance(data, dict):
+        return "its data is not an object"
+    since = data.get("since_ms")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)
+                              or not math.isfinite(since)):
+        return f"since_ms {since!r:.40} is not a number"
+    return data
+
+
 class Trainer:
     """Handles recalibration requests for the topologies it owns."""
 
@@ -155,8 +173,11 @@ class Trainer:
             return True
         return self.reservoir(topo).count_since(int(data.get("since_ms") or 0)) >= self._need(topo, data)
 
-    def handle(self, data: dict[str, Any]) -> list[tuple[str, bytes]]:
-        """One ``control.recalibrate`` event -> ``(topic, value)`` messages to publish."""
+    def handle(self, data: dict[str, Any], *, attempt: str | None = None) -> list[tuple[str, bytes]]:
+        """One ``control.recalibrate`` event -> ``(topic, value)`` messages to publish.
+
+        A Redis error is raised, for the caller to try again with the same ``attempt`` (an id of the
+        request in hand): the episode's claim is then this attempt's own, not a duplicate's."""
         topo = self.topologies.get(str(data.get("stream")))
         if topo is None:  # another installation's stream (same topic and group) or a topology not loaded here
             log.warning("recalibrate_unknown_stream", stream=data.get("stream"), known=sorted(self.topologies))
@@ -166,7 +187,8 @@ class Trainer:
         # while in progress the claim lasts only as long as the work may: a trainer killed mid-request (OOM,
         # a lost node) leaves it uncommitted, and the next trainer must not take the redelivery for a duplicate
         busy_s = int(topo.retrain.wait_timeout_s + topo.retrain.max_train_seconds) + 300
-        if episode and not self.registry.client.set(claim, "1", nx=True, ex=busy_s):
+        client, attempt = self.registry.client, attempt or uuid.uuid4().hex
+        if episode and not client.set(claim, attempt, nx=True, ex=busy_s) and _text(client.get(claim)) != attempt:
             log.info("recalibrate_duplicate", stream=topo.name, episode=episode)
             return []
         kind = "threshold" if data.get("kind") == "threshold" else "retrain"
@@ -180,11 +202,13 @@ class Trainer:
                 self.registry.client.delete(claim)
             log.info("recalibrate_aborted", stream=topo.name, episode=episode)
             return []
+        except RedisError:
+            raise  # the caller tries again once Redis is back (a refusal would lose the request)
         except Exception as exc:  # a failed attempt is reported, the trainer keeps serving
             log.error("recalibrate_failed", stream=topo.name, error=f"{type(exc).__name__}: {exc}")
             msgs, outcome = [self._refuse(topo, f"{type(exc).__name__}: {exc}")], "failed"
         if episode:  # handled: a redelivery of the request (or the same episode again) is a duplicate for a day
-            self.registry.client.set(claim, "1", ex=86_400)
+            client.set(claim, "1", ex=86_400)
         metrics.RECALIBRATIONS.labels(topo.name, kind, outcome).inc()
         return msgs
 
@@ -264,3 +288,7 @@ class Trainer:
         log.info("candidate_activated", stream=topo.name, version=art.version, previous=active.version, **evidence)
         return topo.control.model_topic, model_event(topo.name, version=art.version, digest=art.manifest["sha256"],
                                                      action="activate", previous=active.version)
+
+
+def _text(v: Any) -> str | None:
+    return v.decode() if isinstance(v, bytes) else v

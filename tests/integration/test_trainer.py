@@ -364,3 +364,55 @@ def test_a_change_of_the_members_windows_is_not_judged_by_likelihood(setup) -> N
     ev = _event(Trainer({"tr": same}, registry=registry), {"stream": "tr", "kind": "retrain", "since_ms": now,
                                                            "episode": "e-mw", "baseline_alert_rate": 0.01})
     assert ev["action"] == "activate", ev
+
+
+def test_a_redis_error_mid_request_is_retried_by_the_same_attempt_not_lost(setup) -> None:  # type: ignore[no-untyped-def]
+    """Redis fails while the trainer reads the reservoir: the request used to end as a refusal (or, in the
+    wait, ended the trainer's agent with the request in hand). The error is raised; the same attempt
+    tries again once Redis is back and trains (its own claim is not a duplicate's), through the agent's
+    retry helper; another attempt at the same episode is a duplicate."""
+    import redis as redis_py
+
+    from stream_vae.app import _redis_retried
+
+    _, _, res, trainer = setup
+    s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
+    data = {"stream": "tr", "kind": "retrain", "since_ms": now, "episode": "e-blip", "baseline_alert_rate": 0.01}
+    read, calls = Reservoir.read, []
+
+    def blip(self: Reservoir, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis_py.ConnectionError("Redis restarting")
+        return read(self, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Reservoir, "read", blip)
+        mp.setattr(asyncio, "sleep", _no_sleep)
+        with pytest.raises(redis_py.ConnectionError):
+            trainer.handle(data, attempt="a1")
+        calls.clear()
+        msgs = asyncio.run(_redis_retried(lambda d: trainer.handle(d, attempt="a1"), data))
+    assert len(calls) == 2 and json.loads(msgs[0][1])["data"]["action"] == "activate"
+    assert trainer.handle(data, attempt="a2") == []
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    (b"{", "not a stream-vae event"),
+    (b'{"data": "retrain"}', "its data is not an object"),
+    (b'{"data": {"stream": "tr", "since_ms": "yesterday"}}', "since_ms 'yesterday' is not a number"),
+    (b'{"data": {"stream": "tr", "since_ms": true}}', "since_ms True is not a number"),
+])
+def test_a_request_the_trainer_cannot_read_is_skipped_with_a_reason(value: bytes, why: str) -> None:
+    """Data that is not an object or a since_ms that is not a number ended the trainer's agent (an
+    AttributeError, a ValueError in the wait): skipped with a reason now; a request of ours reads."""
+    from stream_vae.trainer import parse_request
+
+    assert parse_request(value) == why
+    assert parse_request(b'{"data": {"stream": "tr", "since_ms": 5}}') == {"stream": "tr", "since_ms": 5}
