@@ -21,6 +21,7 @@ ThresholdAdaptation = Literal["off", "track"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class _Strict(BaseModel):
@@ -30,7 +31,7 @@ class _Strict(BaseModel):
 class Feature(_Strict):
     """One numeric input field of a record."""
 
-    name: str
+    name: str = Field(min_length=1)
     type: FeatureType = "float"
     min: float | None = None
     max: float | None = None
@@ -47,7 +48,7 @@ class ModelSpec(_Strict):
     """VAE hyper-parameters."""
 
     latent_dim: int = Field(default=4, ge=1, le=256)
-    hidden: tuple[int, ...] = (64, 32)
+    hidden: tuple[Annotated[int, Field(ge=1, le=65_536)], ...] = Field(default=(64, 32), min_length=1)
     epochs: int = Field(default=40, ge=1, le=10_000)
     batch_size: int = Field(default=256, ge=8)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
@@ -114,6 +115,11 @@ class CalibrationSpec(_Strict):
     adapt: ThresholdAdaptation = Field(
         default="track", description="track: the threshold follows slow shifts of each entity's scores; off: fixed"
     )
+
+    @field_validator("adapt", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted `off` as false
     half_life: int = Field(
         default=2000, ge=10, le=10_000_000, description="records of an entity after which its past weighs half"
     )
@@ -143,7 +149,10 @@ class DriftSpec(_Strict):
     """Online drift tests on the latent posterior and the score stream, and what a drift triggers."""
 
     enabled: bool = True
-    tests: tuple[DriftTest, ...] = ("score", "latent", "multivariate")
+    tests: tuple[DriftTest, ...] = Field(
+        default=("score", "latent", "multivariate"), min_length=1,
+        description="at least one; to monitor no drift, set enabled: false",
+    )
     block_size: int = Field(default=200, ge=10, description="records summarised into one detector input")
     detector: Literal["page_hinkley", "adwin", "bocpd"] = "page_hinkley"
     threshold: float = Field(
@@ -196,7 +205,15 @@ class RetrainSpec(_Strict):
         if self.buffer_size < self.min_records:  # the reservoir could never hold what a retrain waits for
             raise ValueError(f"retrain.buffer_size {self.buffer_size} < min_records {self.min_records}: every "
                              "retrain would wait wait_timeout_s and be refused; raise buffer_size")
+        if self.buffer_size < self.threshold_records:
+            raise ValueError(f"retrain.buffer_size {self.buffer_size} < {self.threshold_records}, the records a "
+                             "threshold recalibration waits for: every one would be refused; raise buffer_size")
         return self
+
+    @property
+    def threshold_records(self) -> int:
+        """Post-drift records a threshold recalibration (no retraining) waits for."""
+        return max(500, self.min_records // 4)
 
 
 class GuardSpec(_Strict):
@@ -244,6 +261,13 @@ class AlertSpec(_Strict):
         default=None, description="if set, one message per batch: scored offset ranges and model version"
     )
 
+    @model_validator(mode="after")
+    def _severity_order(self) -> AlertSpec:
+        if self.severity_critical >= self.severity_high:
+            raise ValueError(f"severity_critical ({self.severity_critical}) must be below severity_high "
+                             f"({self.severity_high}): a smaller p-value is the more severe")
+        return self
+
 
 class Topology(_Strict):
     """One monitored stream."""
@@ -281,6 +305,26 @@ class Topology(_Strict):
         reserved = {self.key_field, self.timestamp_field} & set(names)
         if reserved:
             raise ValueError(f"key/timestamp field also listed as a feature: {sorted(x for x in reserved if x)}")
+        return self
+
+    @model_validator(mode="after")
+    def _fields_and_topics(self) -> Topology:
+        names = set(self.feature_names)
+        unknown = [r for r in self.alerts.redact if r not in names]
+        if unknown:  # a typo would leave the value it meant to hide in every alert
+            key = " (the key field is the alert's identity: it cannot be redacted)" if self.key_field in unknown else ""
+            raise ValueError(f"alerts.redact names no feature: {unknown}{key} (features: {sorted(names)[:10]})")
+        if self.key_field is not None and self.key_field == self.timestamp_field:
+            raise ValueError(f"key_field and timestamp_field are both '{self.key_field}'")
+        if not _TOPIC.match(self.input_topic):
+            raise ValueError(f"input_topic {self.input_topic!r} is not a Kafka topic name (letters, digits, "
+                             "'.', '_', '-'; at most 249)")
+        a = self.alerts
+        loops = [n for n, t in (("alerts.dlq_topic", a.dlq_topic), ("alerts.anomaly_topic", a.anomaly_topic),
+                                ("alerts.drift_topic", a.drift_topic), ("alerts.audit_topic", a.audit_topic))
+                 if t == self.input_topic]
+        if loops:  # the worker would read what it writes: dead letters rejected again, without end
+            raise ValueError(f"{', '.join(loops)} is the input_topic '{self.input_topic}'")
         return self
 
     @model_validator(mode="after")
@@ -327,9 +371,11 @@ def load_topology(path: str | Path) -> Topology:
     """Load and validate one topology file."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TopologyError(f"{p}: no such topology file") from None
+    except UnicodeDecodeError as exc:
+        raise TopologyError(f"{p}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise TopologyError(f"{p}: not valid YAML: {exc}") from None
     return parse_topology(data, source=str(p))

@@ -159,7 +159,7 @@ class Trainer:
 
     def _need(self, topo: Topology, data: dict[str, Any]) -> int:
         spec = topo.retrain
-        return max(500, spec.min_records // 4) if data.get("kind") == "threshold" else spec.min_records
+        return spec.threshold_records if data.get("kind") == "threshold" else spec.min_records
 
     def wait_timeout(self, data: dict[str, Any]) -> float:
         """How long a request may wait for post-drift records before it is refused."""

@@ -47,6 +47,21 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
         ({"retrain": {"min_records": 500, "holdout_fraction": 0.89}}, "retrain"),
         # a reservoir smaller than what a retrain waits for: every retrain was refused after wait_timeout_s
         ({"retrain": {"buffer_size": 1000}}, "retrain"),
+        # (review) each of these was accepted and failed later, or silently did the wrong thing:
+        # fewer records than a threshold recalibration waits for (500): every one refused
+        ({"retrain": {"buffer_size": 400, "min_records": 400, "holdout_fraction": 0.1}}, "retrain"),
+        ({"model": {"hidden": []}}, "model.hidden"),  # an IndexError at training
+        ({"model": {"hidden": [-4]}}, "model.hidden.0"),  # a tensor of negative size
+        ({"alerts": {"severity_high": 0.01, "severity_critical": 0.1}}, "alerts"),  # 'high' unreachable
+        ({"alerts": {"redact": ["A"]}}, "<root>"),  # a typo: the value it meant to hide went out
+        ({"key_field": "k", "alerts": {"redact": ["k"]}}, "<root>"),
+        ({"alerts": {"dlq_topic": "in"}}, "<root>"),  # dead letters read back and rejected again, without end
+        ({"alerts": {"anomaly_topic": "in"}}, "<root>"),
+        ({"input_topic": ""}, "<root>"),
+        ({"input_topic": "my topic"}, "<root>"),
+        ({"key_field": "t", "timestamp_field": "t"}, "<root>"),
+        ({"features": [{"name": ""}]}, "features.0.name"),
+        ({"drift": {"tests": []}}, "drift.tests"),
     ],
 )
 def test_bad_values_are_rejected(patch: dict[str, object], field: str) -> None:
@@ -69,3 +84,19 @@ def test_invalid_yaml_is_a_topology_error(tmp_path: Path) -> None:
     p.write_text("name: [unclosed\n")
     with pytest.raises(TopologyError, match="not valid YAML"):
         load_topology(p)
+
+
+def test_adapt_off_unquoted_in_yaml_is_off(tmp_path: Path) -> None:
+    """YAML 1.1 reads an unquoted ``off`` as false: ``calibration: {adapt: off}``, as documented, was
+    refused with "Input should be 'off' or 'track'"."""
+    p = tmp_path / "t.yaml"
+    p.write_text("name: s\ninput_topic: in\nfeatures: [{name: a}]\ncalibration: {adapt: off}\n")
+    assert load_topology(p).calibration.adapt == "off"
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """In a directory of topologies, a Latin-1 file raised a bare UnicodeDecodeError naming no file."""
+    p = tmp_path / "latin.yaml"
+    p.write_bytes("name: s\ninput_topic: in\ndescription: caf\u00e9\nfeatures: [{name: a}]\n".encode("latin-1"))
+    with pytest.raises(TopologyError, match=r"latin\.yaml: not UTF-8"):
+        load_all(tmp_path)
