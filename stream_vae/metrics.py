@@ -51,5 +51,6 @@ def init_stream(stream: str) -> None:
         metric.labels(stream)
     for severity in ("medium", "high", "critical"):
         ALERTS.labels(stream, severity)
-    for gauge in (DRIFT_STATE, SWAP_PAUSE_MAX):  # not the lag: 0 would claim a record was just scored
+    # not the lag: 0 would claim a record was just scored
+    for gauge in (MODEL_VERSION, DRIFT_STATE, SWAP_PAUSE_MAX):
         gauge.labels(stream).set(0)

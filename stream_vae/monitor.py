@@ -269,7 +269,10 @@ class StreamMonitor:
         on the clock even when no record arrives, so a stream that went quiet is checkpointed and its
         idle incidents resolved."""
         self._save_if_due()
-        return self._periodic() if time.monotonic() - self._last_ckpt > self.checkpoint_s else []
+        if time.monotonic() - self._last_ckpt <= self.checkpoint_s:
+            return []
+        metrics.DRIFT_STATE.labels(self.topology.name).set(int(self.policy.episode is not None))  # it times out
+        return self._periodic()
 
     def _periodic(self, *, now: float | None = None) -> list[Message]:
         """Every ``checkpoint_s``: resolve incidents of entities gone quiet (judged by :class:`StreamClock`;
@@ -362,7 +365,6 @@ class StreamMonitor:
                 log.warning("drift_republished", stream=topo.name, episode=replayed.opened)
             if decision.opened:
                 episode = decision.opened
-                metrics.DRIFT_STATE.labels(topo.name).set(1)
                 log.warning("drift_detected", stream=topo.name, episode=episode,
                             tests=[s.test for s in decision.drift_alerts], model_version=model.version)
             for sig in decision.drift_alerts:
@@ -372,6 +374,8 @@ class StreamMonitor:
             if decision.recalibrate is not None:
                 msgs.append(Message(topo.control.recalibrate_topic, topo.name.encode(),
                                     _event("io.stream-vae.recalibrate", topo, decision.recalibrate.data())))
+            # the stream's episode, whoever opened it (and 0 once it timed out, not only at a swap)
+            metrics.DRIFT_STATE.labels(topo.name).set(int(episode is not None))
             alerts, suppressed = self.gate.filter(out.alerts, episode=episode)
             self._keep_recent(out, drifting=episode is not None)
             n, k = len(out.scored), int(out.is_anomaly.sum())

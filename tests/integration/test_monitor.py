@@ -416,6 +416,44 @@ def test_a_redis_error_while_resuming_an_entity_is_retried_not_taken_for_no_save
     assert state["incidents"]["open"]["host-a"][:3] == [out.alerts[-1].incident, False, 40]
 
 
+def test_the_drift_gauge_follows_the_streams_episode_on_every_worker(redis_url: str, redis_prefix: str) -> None:
+    """stream_vae_drift_open was set to 1 only by the worker that opened the episode and back to 0 only
+    by a swap: an episode that timed out (a refused candidate) left it at 1 for good, and the stream's
+    other workers never showed 1. Each batch now reports the stream's episode, whoever opened it; a new
+    stream's series starts at 0, the model_loaded series too (a rule '== 0' had no data before the first model)."""
+    from prometheus_client import REGISTRY
+
+    from stream_vae import metrics
+    from stream_vae.drift import DriftSignal
+
+    base = iid_topology()
+    topo = base.model_copy(update={"name": "gauge", "drift": base.drift.model_copy(update={"episode_timeout_s": 1.0})})
+    metrics.init_stream(topo.name)
+
+    def gauge(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"stream": topo.name})
+
+    assert gauge("stream_vae_model_loaded") == 0.0 and gauge("stream_vae_drift_open") == 0.0
+    pipeline, a = _monitor(topo, redis_url, redis_prefix, checkpoint_s=3600)
+    b = StreamMonitor(topo, lambda: pipeline, client=a.client, prefix=redis_prefix)
+    signals = [[DriftSignal(topo.name, topo.name, "score", "page_hinkley", 3.0, 0.5, 800, partition=0)]]
+
+    class Drifts:
+        def update(self, **_: object) -> list[DriftSignal]:
+            return signals.pop() if signals else []
+
+    a._monitor = b._monitor = lambda *_: Drifts()  # type: ignore[method-assign]
+    recs = keyed_records(iid_stream(400, 1), ["host-a"] * 400)
+    a.process(recs[:100])
+    assert a.policy.episode is not None and gauge("stream_vae_drift_open") == 1.0
+    metrics.DRIFT_STATE.labels(topo.name).set(0)  # as worker B's own process would show it
+    b.process(recs[100:200])
+    assert gauge("stream_vae_drift_open") == 1.0, "worker B sees the stream's episode"
+    time.sleep(1.2)  # episode_timeout_s: the episode ends without a swap
+    a.process(recs[200:300])
+    assert a.policy.episode is None and gauge("stream_vae_drift_open") == 0.0
+
+
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
     """Worker A scores host-a and stalls past the session timeout before its checkpoint; the group gives
     the partition to B, which scores on and saves. A learns it was expelled only when it wakes up, and
