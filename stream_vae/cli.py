@@ -414,11 +414,13 @@ def demo(
 ) -> None:
     """Live demo on an embedded broker: train, register, score a synthetic stream, show alerts."""
     from stream_vae.demo import run_demo
+    from stream_vae.services import exits_on_sigterm
 
     _torch(Settings())
     if scenario not in ("anomalies", "drift"):
         fail(f"--scenario must be 'anomalies' or 'drift', not {scenario!r}")
-    summary = run_demo(seconds=seconds, rate=rate, quiet=json_out, scenario=scenario)  # type: ignore[arg-type]
+    with exits_on_sigterm():
+        summary = run_demo(seconds=seconds, rate=rate, quiet=json_out, scenario=scenario)  # type: ignore[arg-type]
     if json_out:
         typer.echo(json.dumps(summary))
 
@@ -431,9 +433,11 @@ def bench_throughput(
 ) -> None:
     """Scored records/s of one worker through the broker, against raw aiokafka and faust baselines."""
     from stream_vae.bench import run_throughput
+    from stream_vae.services import exits_on_sigterm
 
     _torch(Settings())
-    res = run_throughput(records=records, quiet=json_out)
+    with exits_on_sigterm():
+        res = run_throughput(records=records, quiet=json_out)
     typer.echo(json.dumps(res) if json_out else "\n".join(f"{k}: {v}" for k, v in res.items()))
 
 

@@ -40,6 +40,20 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes
     raise BrokerError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+@contextlib.contextmanager
+def exits_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a CI runner) unwinds like Ctrl-C, so the ``finally`` blocks stop the
+    broker, Redis and workers this process started (in their own sessions, they would outlive it)."""
+    def _exit(signum: int, _: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
     """SIGTERM, wait, then SIGKILL: never leave an orphan behind."""
     if proc.poll() is not None:

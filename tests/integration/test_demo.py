@@ -26,3 +26,29 @@ def test_demo_summary(kafka_bootstrap: str, redis_url: str) -> None:
     assert s["injected_detected"] >= 0.8 * s["injected_anomalies"]
     assert s["false_alert_rate"] < 0.02
     assert s["model_version"] == "v1"
+
+
+def test_sigterm_stops_what_the_demo_started() -> None:
+    """`stream-vae demo` (and the throughput bench) killed with SIGTERM (kill, timeout, a CI runner) left
+    the broker, Redis and worker it had started running: they are in sessions of their own, and without a
+    handler no `finally` ran. Under `exits_on_sigterm` a SIGTERM unwinds, and the embedded broker stops."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import time\nfrom stream_vae.services import exits_on_sigterm, kafka_service\n"
+              "with exits_on_sigterm(), kafka_service() as svc:\n"
+              "    print(svc.process.pid, flush=True)\n    time.sleep(120)\n")
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        broker = int(proc.stdout.readline())
+        os.kill(broker, 0)  # running
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+        with pytest.raises(ProcessLookupError):
+            os.kill(broker, 0)
+    finally:
+        proc.kill()
