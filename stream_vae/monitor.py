@@ -6,6 +6,7 @@ messages to publish and the hot loop publishes them before committing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -328,7 +329,7 @@ class StreamMonitor:
             self._close_episode = None
         pipeline = self.pipeline_of()
         episode, replayed = self.policy.current(records)
-        undo = _Undo(pipeline, self.entities.resume)
+        undo = _Undo(pipeline, functools.partial(self.entities.resume, pipeline=pipeline))
         try:
             return self._process(records, pipeline, episode, replayed, undo.resume)
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
@@ -119,16 +120,32 @@ class EntityCheckpoints:
         self._held: OrderedDict[str, int] = OrderedDict()  # entity -> the partition it last came from
         self._dirty: set[str] = set()
 
-    def resume(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+    def resume(self, keys: Sequence[str], *, pipeline: Any = None) -> list[dict[str, Any]]:
         """The saved state of the entities among ``keys`` that this worker has not held yet.
 
-        A Redis error is raised (before the pipeline changes anything: the hot loop reads the batch
-        again): an entity started afresh was never read back, and its first save overwrote what it had."""
+        With ``pipeline``, room is made for them first: beyond ``max_entities`` the least recently seen
+        entities are saved and forgotten (the pipeline's own bound would forget them unsaved, and they
+        would come back from an older checkpoint). A Redis error is raised (before the pipeline changes
+        anything: the hot loop reads the batch again): an entity started afresh was never read back, and
+        its first save overwrote what it had."""
         new = [k for k in dict.fromkeys(keys) if k not in self._held]
+        if pipeline is not None:
+            self._make_room(pipeline, len(new), set(keys))
         states = self._fetch(new)
         for k in new:
             put(self._held, k, -1, self.max_entities)
         return states
+
+    def _make_room(self, pipeline: Any, incoming: int, keep: set[str]) -> None:
+        excess = len(self._held) + incoming - self.max_entities
+        if excess <= 0:
+            return
+        old = list(itertools.islice((k for k in self._held if k not in keep), excess))
+        self.save(pipeline, old)
+        pipeline.forget(old)
+        for k in old:
+            self._held.pop(k, None)
+            self._dirty.discard(k)
 
     def adopt(self, partitions: Collection[int]) -> list[dict[str, Any]]:
         """The saved state of the entities with an open incident in ``partitions`` (just assigned to this

@@ -454,6 +454,43 @@ def test_the_drift_gauge_follows_the_streams_episode_on_every_worker(redis_url: 
     assert a.policy.episode is None and gauge("stream_vae_drift_open") == 0.0
 
 
+def test_entities_beyond_the_bound_are_saved_before_they_are_forgotten(redis_url: str, redis_prefix: str) -> None:
+    """A worker holds at most max_entities entities (100,000; 2 here). host-a has an incident open when
+    b and c arrive and push it out; it comes back still anomalous. Its state was forgotten unsaved (the
+    pipeline's own bound), so it came back from the checkpoint before and paged again under a new id;
+    now the least recently seen entities are saved, then forgotten, and host-a resumes where it was."""
+    from stream_vae.state import EntityCheckpoints
+
+    base = iid_topology(fpr=0.002)
+    topo = base.model_copy(update={"name": "bound", "alerts": base.alerts.model_copy(update={"group": "incident"})})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    X = iid_stream(40, 3)
+    X[10:20] += 40.0
+    X[30:40] += 40.0
+    recs = keyed_records(X, ["a"] * 20 + ["b"] * 5 + ["c"] * 5 + ["a"] * 10)
+
+    def run(bound: int) -> list[tuple[int, str | None, str]]:
+        pipeline = Pipeline(topo, model)
+        act = pipeline._active
+        for table in (pipeline.seasonal, pipeline.windower, pipeline.incidents, act.smoother, act.tracker, act.ranges):
+            table.max_entities = bound  # type: ignore[attr-defined]
+        saved = EntityCheckpoints(client, prefix=f"{redis_prefix}-{bound}", stream=topo.name, max_entities=bound)
+        alerts = []
+        for n, lo in enumerate(range(0, 40, 10)):
+            out = pipeline.process_batch(recs[lo:lo + 10], resume=lambda k: saved.resume(k, pipeline=pipeline))
+            assert out.batch is not None
+            saved.touched(out.batch.keys, [0] * 10)
+            alerts += [(a.offset, a.incident, a.incident_event) for a in out.alerts]
+            if n == 0:
+                saved.save(pipeline)  # a checkpoint after the first batch only
+        return alerts
+
+    unbounded = run(100_000)
+    assert [a for a in unbounded if a[0] >= 10][:1] == [(10, "t:0:10", "open")]
+    assert run(2) == unbounded
+
+
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
     """Worker A scores host-a and stalls past the session timeout before its checkpoint; the group gives
     the partition to B, which scores on and saves. A learns it was expelled only when it wakes up, and
