@@ -12,7 +12,7 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -47,6 +47,15 @@ class KafkaSettings(_Frozen):
         default="stream-vae-trainer", min_length=1,
         description="the trainers' consumer group: one per installation sharing a Kafka cluster",
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, v: str) -> str:
+        """``a:9092, b:9092`` (a space after the comma) is two hosts: faust took the second for ' b'."""
+        hosts = [h.strip() for h in v.split(",") if h.strip()]
+        if not hosts:
+            raise ValueError("KAFKA_BOOTSTRAP_SERVERS is empty: give host:port[,host:port...]")
+        return ",".join(hosts)
 
     @model_validator(mode="after")
     def _sasl_needs_a_sasl_protocol(self) -> KafkaSettings:

@@ -55,6 +55,15 @@ def test_conventional_variables_are_defaults(monkeypatch: pytest.MonkeyPatch) ->
     assert s.kafka.bootstrap_servers == "k:1" and s.redis.url == "redis://r:2/0"
 
 
+def test_bootstrap_servers_with_spaces_after_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'a:9092, b:9092' named a host ' b' (faust split on the comma only); an empty list is refused."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", " a:9092, b:9092 ,")
+    assert Settings().kafka.bootstrap_servers == "a:9092,b:9092"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", " , ")
+    with pytest.raises(ValidationError, match="empty"):
+        Settings()
+
+
 def test_bad_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """An invalid enumerated option is a validation error."""
     monkeypatch.setenv("STREAM_VAE_KAFKA__SECURITY_PROTOCOL", "TLS")
