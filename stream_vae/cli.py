@@ -340,12 +340,14 @@ def models_rollback(
 def _model_topic_of(s: Settings, name: str) -> str:
     """The stream's control.model topic from its topology in STREAM_VAE_TOPOLOGY_DIR, else the default."""
     from stream_vae.exceptions import TopologyError
-    from stream_vae.topology import ControlSpec, load_all
+    from stream_vae.topology import ControlSpec, load_topology
 
-    with contextlib.suppress(TopologyError, OSError):
-        found = load_all(s.topology_dir).get(name)
-        if found is not None:
-            return found.control.model_topic
+    d = Path(s.topology_dir)
+    for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]) if d.is_dir() else []:
+        with contextlib.suppress(TopologyError, OSError):  # another stream's broken file is not this one's
+            found = load_topology(p)
+            if found.name == name:
+                return found.control.model_topic
     return ControlSpec().model_topic
 
 

@@ -48,3 +48,5 @@ def test_models_verbs_announce_on_the_streams_own_control_topic(tmp_path) -> Non
     assert _model_topic_of(s, "pay") == "pay.control.model"
     assert _model_topic_of(s, "other") == "control.model"
     assert _model_topic_of(Settings(topology_dir=str(tmp_path / "missing")), "pay") == "control.model"
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")  # another stream's file that does not parse
+    assert _model_topic_of(s, "pay") == "pay.control.model"
