@@ -16,6 +16,8 @@ Keys (prefix ``P``, stream ``S``)::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -418,19 +420,26 @@ def export_artifact(art: Artifact, directory: str | Path) -> Path:
     target = Path(directory) / version
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
-    old = target.parent / f".{version}.replaced"
+    aside = Path(tempfile.mkdtemp(prefix=f".{version}.replaced.", dir=target.parent))  # this export's own
     try:
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the export from the service that reads it
         (tmp / "model.safetensors").write_bytes(art.weights)
         (tmp / "manifest.json").write_text(json.dumps(art.manifest, indent=2))
-        if target.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
+        for attempt in range(100):  # a concurrent export of the same version may put one back in between
+            # a directory cannot be renamed over a non-empty one: move the old one aside first
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(target, aside / str(attempt))
+            try:
+                os.replace(tmp, target)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 99:
+                    raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
     return target
 
 

@@ -110,6 +110,19 @@ def test_exporting_a_version_again_replaces_it(trained, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["v3"]  # no temporary or replaced directory left behind
 
 
+def test_concurrent_exports_of_one_version_both_succeed(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two exports of v3 at once (two operators, a retried job) shared one 'replaced' directory: one moved the
+    other's aside or found the target back in place, and failed. 8 threads x 5 exports, all succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    art = to_artifact(trained, "v3")
+    export_artifact(art, tmp_path)
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda _: export_artifact(art, tmp_path), range(40)))
+    assert done == [tmp_path / "v3"] * 40 and [p.name for p in tmp_path.iterdir()] == ["v3"]
+    assert import_artifact(tmp_path / "v3").weights == art.weights
+
+
 @pytest.mark.parametrize("version", ["../escape", ".hidden", "a/b", ""])
 def test_export_refuses_a_version_that_is_not_a_plain_name(trained, tmp_path: Path, version: str) -> None:  # type: ignore[no-untyped-def]
     art = to_artifact(trained, "v1")
