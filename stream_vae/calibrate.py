@@ -201,11 +201,15 @@ class Calibrator:
         """Estimated probability that a normal record scores at least this high."""
         _ = self.threshold
         n = len(self._ref)
-        # fraction of reference scores >= s, with +1 smoothing so p is never 0; the kept scores are evenly
-        # spaced quantiles of all n_ref, so the count is scaled to n_ref (the floor is 1 / (n_ref + 1))
-        ge = n - np.searchsorted(self._ref, scores, side="left")
+        # fraction of reference scores >= s, with +1 smoothing so p is never 0. The kept scores are the
+        # reference's order statistics at evenly spaced ranks (its minimum and maximum included), so the
+        # count is the reference's at the rank of the smallest kept score >= s: 1 at the maximum, as past it
+        # (scaled as ge x n_ref / kept, p stepped 10x there with 40,960 reference scores)
+        ge = (n - np.searchsorted(self._ref, scores, side="left")).astype(np.float64)
         N = max(self._n_ref, n)
-        p = (ge * (N / max(n, 1)) + 1.0) / (N + 1.0)
+        if N > n > 1:
+            ge = np.where(ge > 0, N - np.round((n - ge) * (N - 1) / (n - 1)), 0.0)
+        p = (ge + 1.0) / (N + 1.0)
         tail = self._gpd if self._gpd is not None else self._tail() if n else None
         if tail is not None:
             u, xi, sigma, frac = tail

@@ -322,6 +322,22 @@ def test_quantile_p_values_go_below_the_reference_floor_so_every_severity_is_rea
     assert true_tail <= p[3] <= 1e-4  # extrapolated, and not more extreme than the truth
 
 
+def test_p_values_have_no_step_at_the_largest_kept_reference_score() -> None:
+    """Of 40,960 reference scores 4096 are kept. At the largest, p was 10 / 40,961 (its one kept score counted
+    as ten), and one float step past it 1 / 40,961: a severity could jump a level for a hair's more score.
+    Now the count at a kept score is the reference's own at its rank (1 at the maximum), and the median's
+    p stays about 0.5."""
+    ref = np.random.default_rng(0).gamma(2.0, 1.0, 40_960)
+    cal = Calibrator(method="quantile", fpr=0.002).infer_threshold(ref)
+    top = float(ref.max())
+    below, at, past = cal.p_value(np.array([np.nextafter(top, 0), top, np.nextafter(top, np.inf)]))
+    assert at == pytest.approx(2 / 40_961) and past <= 1 / 40_961 and at / past < 2.5 and below >= at
+    mid = cal.p_value(np.array([float(np.median(ref))]))[0]
+    assert mid == pytest.approx(0.5, abs=0.01)
+    small = Calibrator(method="quantile", fpr=0.002).infer_threshold(ref[:1000])  # all kept: counts as before
+    assert small.p_value(np.array([float(ref[:1000].max())]))[0] == pytest.approx(2 / 1001)
+
+
 @pytest.mark.parametrize("method", ["quantile", "pot"])
 def test_a_bounded_tail_fit_does_not_make_a_score_just_past_the_reference_impossible(method: str) -> None:
     """The tail fit of a bounded reference has a negative shape, so a finite endpoint, often below the
