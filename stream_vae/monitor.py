@@ -207,6 +207,12 @@ class StreamMonitor:
         # a swap could not close the old model's drift episode: close it first thing, keeping one opened by
         # this version (the new model's; "": keep none)
         self._close_episode: str | None = None
+        # what the drift monitors were fed in this pass (partition -> last offset), and the signals they raised
+        # that no episode claim holds yet: if the pass fails, the batch read again feeds them only the records
+        # they have not seen (fed twice, a detector that fired and reset would not fire again) and raises those
+        self._fed: dict[int, int] = {}
+        self._skip: dict[int, int] = {}
+        self._unclaimed: list[DriftSignal] = []
         self.clock = StreamClock()
         self._seen = 0
         # the healthy model's flag rate (true anomalies included), tracked while no drift/swap is in progress:
@@ -222,6 +228,7 @@ class StreamMonitor:
         and a Redis error closing the old episode is retried at the next batch (raised out of here, it left
         the new version unguarded and the old model's episode holding back its alerts)."""
         self._drift.clear()
+        self._skip, self._unclaimed = {}, []  # the new model's monitors have seen nothing
         metrics.DRIFT_STATE.labels(self.topology.name).set(0)
         self.guard.start(new.version, previous=None if rollback else old.version, baseline_rate=self.baseline_rate)
         # a rollback's version opened the episode that led away from it: that one closes too
@@ -330,10 +337,12 @@ class StreamMonitor:
         pipeline = self.pipeline_of()
         episode, replayed = self.policy.current(records)
         undo = _Undo(pipeline, functools.partial(self.entities.resume, pipeline=pipeline))
+        self._fed = {}
         try:
             return self._process(records, pipeline, episode, replayed, undo.resume)
         except BaseException:
             undo.apply()  # the hot loop reads the batch again (a Redis error): it must find the state as it was
+            self._skip = self._fed
             raise
 
     def _process(self, records: list[RawRecord], pipeline: Any, episode: str | None,
@@ -352,15 +361,25 @@ class StreamMonitor:
             res = out.result
             model = pipeline.model
             parts = np.fromiter((r.partition for r in out.scored), dtype=np.int64, count=len(out.scored))
-            for p in np.unique(parts):
+            offsets = np.fromiter((r.offset for r in out.scored), dtype=np.int64, count=len(out.scored))
+            skip, self._skip = self._skip, {}
+            signals = self._unclaimed
+            for p in np.unique(parts).tolist():
                 idx = np.flatnonzero(parts == p)
-                found = self._monitor(int(p), model).update(
+                if p in skip:  # this batch failed after feeding them: only what they have not seen
+                    idx = idx[offsets[idx] > skip[p]]
+                if not len(idx):
+                    continue
+                found = self._monitor(p, model).update(
                     score=res.score[idx], latent_mu=res.latent_mu[idx], contributions=res.contributions[idx]
                 )
-                signals += [dataclasses.replace(g, offset=out.scored[idx[-1]].offset) for g in found]
+                self._fed[p] = int(offsets[idx[-1]])
+                signals = [*signals, *(dataclasses.replace(g, offset=int(offsets[idx[-1]])) for g in found)]
+            self._unclaimed = signals
             decision = self.policy.on_signals(signals, model_version=model.version,
                                               baseline_alert_rate=round(self.baseline_rate, 6),
                                               stream_ms=None if batch_time is None else int(batch_time * 1000))
+            self._unclaimed = []
             if decision.opened is None and replayed is not None:  # its first publication died with a worker
                 decision = replayed
                 log.warning("drift_republished", stream=topo.name, episode=replayed.opened)

@@ -371,6 +371,50 @@ def test_a_batch_that_fails_after_scoring_is_read_again_on_the_state_it_found(
     assert failed[1] == clean[1]
 
 
+def test_a_drift_found_by_a_batch_that_failed_is_reported_when_it_is_read_again(
+        redis_url: str, redis_prefix: str) -> None:
+    """The drift monitors fired on a batch, then Redis failed at the episode claim; the batch was read
+    again and fed to them a second time, where the detector (reset when it fired) stayed quiet: the drift
+    was never reported. The re-read feeds them only what they have not seen and reports what they found."""
+    import redis as redis_py
+
+    base = iid_topology(fpr=0.002)
+    topo = base.model_copy(update={"name": "driftfail", "drift": base.drift.model_copy(
+        update={"block_size": 10, "tests": ("score",)})})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    X = iid_stream(400, 1)
+    X[200:] += np.array([3.0, 1.5, 0.0, 6.0])
+    recs = keyed_records(X, [f"h{i % 4}" for i in range(400)])
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+
+    def run(name: str, fail: bool) -> list[str]:
+        pipeline = Pipeline(topo, model)
+        monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=f"{redis_prefix}-{name}",
+                                checkpoint_s=3600)
+        claim, failed = monitor.policy.on_signals, []
+
+        def flaky(signals: list, **kwargs: object) -> object:  # type: ignore[type-arg]
+            if fail and signals and not failed:
+                failed.append(1)
+                raise redis_py.ConnectionError("Redis restarting")
+            return claim(signals, **kwargs)  # type: ignore[arg-type]
+
+        monitor.policy.on_signals = flaky  # type: ignore[method-assign]
+        tests = []
+        for lo in range(0, 400, 50):
+            while True:
+                try:
+                    emitted = monitor.process(recs[lo:lo + 50])
+                    break
+                except redis_py.ConnectionError:
+                    assert fail
+            tests += [json.loads(m.value)["data"]["test"] for m in emitted.messages if m.topic == topo.alerts.drift_topic]
+        assert monitor.policy.episode is not None and failed == [1] * fail
+        return tests
+
+    assert run("clean", False) == run("failed", True) == ["score"]
+
+
 def test_a_redis_error_while_resuming_an_entity_is_retried_not_taken_for_no_saved_state(
         redis_url: str, redis_prefix: str) -> None:
     """Worker A saves host-a with an incident open; worker B is given it and its first read of the saved
