@@ -142,6 +142,8 @@ class EntityCheckpoints:
             return
         old = list(itertools.islice((k for k in self._held if k not in keep), excess))
         self.save(pipeline, old)
+        if any(k in self._dirty for k in old):  # not written (Redis down): nothing changed yet, read the batch again
+            raise StateStoreError(f"could not save {len(old)} least recently seen entities to make room")
         pipeline.forget(old)
         for k in old:
             self._held.pop(k, None)

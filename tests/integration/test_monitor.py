@@ -408,7 +408,8 @@ def test_a_drift_found_by_a_batch_that_failed_is_reported_when_it_is_read_again(
                     break
                 except redis_py.ConnectionError:
                     assert fail
-            tests += [json.loads(m.value)["data"]["test"] for m in emitted.messages if m.topic == topo.alerts.drift_topic]
+            tests += [json.loads(m.value)["data"]["test"] for m in emitted.messages
+                      if m.topic == topo.alerts.drift_topic]
         assert monitor.policy.episode is not None and failed == [1] * fail
         return tests
 
@@ -503,6 +504,9 @@ def test_entities_beyond_the_bound_are_saved_before_they_are_forgotten(redis_url
     b and c arrive and push it out; it comes back still anomalous. Its state was forgotten unsaved (the
     pipeline's own bound), so it came back from the checkpoint before and paged again under a new id;
     now the least recently seen entities are saved, then forgotten, and host-a resumes where it was."""
+    import redis as redis_py
+
+    from stream_vae.exceptions import StateStoreError
     from stream_vae.state import EntityCheckpoints
 
     base = iid_topology(fpr=0.002)
@@ -514,15 +518,29 @@ def test_entities_beyond_the_bound_are_saved_before_they_are_forgotten(redis_url
     X[30:40] += 40.0
     recs = keyed_records(X, ["a"] * 20 + ["b"] * 5 + ["c"] * 5 + ["a"] * 10)
 
-    def run(bound: int) -> list[tuple[int, str | None, str]]:
+    def run(bound: int, fail: bool = False) -> list[tuple[int, str | None, str]]:
         pipeline = Pipeline(topo, model)
         act = pipeline._active
         for table in (pipeline.seasonal, pipeline.windower, pipeline.incidents, act.smoother, act.tracker, act.ranges):
             table.max_entities = bound  # type: ignore[attr-defined]
-        saved = EntityCheckpoints(client, prefix=f"{redis_prefix}-{bound}", stream=topo.name, max_entities=bound)
+        saved = EntityCheckpoints(client, prefix=f"{redis_prefix}-{bound}-{fail}", stream=topo.name,
+                                  max_entities=bound)
+        queue, writes = saved._queue, []
+
+        def flaky(*args: object) -> int:
+            writes.append(1)
+            if fail and len(writes) == 2:  # the save that makes room: Redis restarting
+                raise redis_py.ConnectionError("Redis restarting")
+            return queue(*args)  # type: ignore[arg-type]
+
+        saved._queue = flaky  # type: ignore[method-assign]
         alerts = []
         for n, lo in enumerate(range(0, 40, 10)):
-            out = pipeline.process_batch(recs[lo:lo + 10], resume=lambda k: saved.resume(k, pipeline=pipeline))
+            try:
+                out = pipeline.process_batch(recs[lo:lo + 10], resume=lambda k: saved.resume(k, pipeline=pipeline))
+            except StateStoreError:  # nothing changed: the batch is read again
+                assert fail
+                out = pipeline.process_batch(recs[lo:lo + 10], resume=lambda k: saved.resume(k, pipeline=pipeline))
             assert out.batch is not None
             saved.touched(out.batch.keys, [0] * 10)
             alerts += [(a.offset, a.incident, a.incident_event) for a in out.alerts]
@@ -533,6 +551,7 @@ def test_entities_beyond_the_bound_are_saved_before_they_are_forgotten(redis_url
     unbounded = run(100_000)
     assert [a for a in unbounded if a[0] >= 10][:1] == [(10, "t:0:10", "open")]
     assert run(2) == unbounded
+    assert run(2, fail=True) == unbounded  # a failed save does not forget them unsaved
 
 
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
