@@ -98,11 +98,15 @@ def _event(type_: str, topology: Topology, data: dict[str, Any]) -> bytes:
     return json.dumps(envelope(type_, source=f"stream-vae/{topology.name}", data=data)).encode()
 
 
-def _newest(records: Sequence[RawRecord]) -> dict[int, float]:
-    """Each partition's newest Kafka timestamp in ``records``, in seconds (partitions without one left out)."""
+_AHEAD_S = 60.0  # a Kafka timestamp further ahead of the worker's clock than this is a broken producer clock
+
+
+def _newest(records: Sequence[RawRecord], *, before_ms: float) -> dict[int, float]:
+    """Each partition's newest Kafka timestamp in ``records`` up to ``before_ms``, in seconds (partitions
+    without one left out)."""
     newest: dict[int, int] = {}
     for r in records:
-        if r.timestamp_ms > newest.get(r.partition, 0):
+        if before_ms >= r.timestamp_ms > newest.get(r.partition, 0):
             newest[r.partition] = r.timestamp_ms
     return {p: t / 1000 for p, t in newest.items()}
 
@@ -159,10 +163,12 @@ class StreamClock:
 
     def advance(self, records: Sequence[RawRecord]) -> float | None:
         """Note what ``records`` read; return their least advanced partition's time (None: no timestamps).
-        A timestamp ahead of the worker's clock counts as the clock: one record from a producer whose
-        clock is broken (a year ahead) would make every other key of its partition look idle at once."""
+        A timestamp ahead of the worker's clock counts as the clock, and one more than a minute ahead is
+        not read at all: one record from a producer whose clock is broken (a year ahead) would make every
+        other key of its partition look idle at once, and while a backlog is read, a record stamped now
+        would too."""
         wall = self._wall()
-        newest = {p: min(t, wall) for p, t in _newest(records).items()}
+        newest = {p: min(t, wall) for p, t in _newest(records, before_ms=(wall + _AHEAD_S) * 1000).items()}
         at = self._monotonic()
         for p, t in newest.items():
             if t > self._read.get(p, (0.0, 0.0))[0]:

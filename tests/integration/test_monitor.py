@@ -137,18 +137,20 @@ def test_idle_time_is_measured_per_partition_in_the_producers_clock(redis_url: s
 
 def test_a_record_stamped_far_in_the_future_does_not_make_its_partition_idle(
         redis_url: str, redis_prefix: str) -> None:
-    """alerts.incident_idle_s 2 s. host-a (partition 0) opens an incident; then host-b, on the same
-    partition, sends one record stamped a year ahead (a producer with a broken clock). host-a has not
-    been quiet for 2 s: its incident stays open (its partition's time had jumped a year). host-c
-    (partition 1) opens an incident with records stamped a year ahead: 2 s of quiet end it as idle,
-    as they end host-a's (its last-seen time had been a year ahead, so it never ended)."""
+    """alerts.incident_idle_s 2 s. host-a (partition 0, a backlog an hour old) opens an incident; then
+    host-b, on the same partition, sends one record stamped a year ahead (a producer with a broken clock).
+    host-a has not been quiet for 2 s of the backlog's time: its incident stays open (its partition's
+    time had jumped a year; clamped to the clock, it still jumped the hour to now). host-c (partition 1)
+    opens an incident with records stamped a year ahead: 2 s of quiet end it as idle, as they end
+    host-a's (its last-seen time had been a year ahead, so it never ended)."""
     topo, monitor = _incident_monitor("future", 2.0, redis_url, redis_prefix)
     now, year = int(time.time() * 1000), 365 * 86400 * 1000
     X = iid_stream(21, 4)
     X[7:10] += 40.0
     X[18:21] += 40.0
     recs = keyed_records(X, ["host-a"] * 10 + ["host-b"] + ["host-c"] * 10)
-    recs = [dataclasses.replace(r, partition=int(i > 10), offset=i, timestamp_ms=now + i + (i >= 10) * year)
+    recs = [dataclasses.replace(r, partition=int(i > 10), offset=i,
+                                timestamp_ms=now - 3_600_000 + i if i < 10 else now + year + i)
             for i, r in enumerate(recs)]
 
     def incidents(messages: list, event: str) -> list[str]:  # type: ignore[type-arg]
