@@ -15,7 +15,7 @@ import json
 import math
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -26,8 +26,9 @@ from redis import RedisError
 
 from stream_vae import metrics
 from stream_vae.calibrate import Calibrator
-from stream_vae.exceptions import ModelLoadError
+from stream_vae.exceptions import ModelLoadError, StateStoreError
 from stream_vae.hotswap import model_event
+from stream_vae.lru import put
 from stream_vae.model.registry import LoadedModel, RedisModelRegistry, load_artifact, to_artifact
 from stream_vae.model.train import TrainedModel, train_model
 from stream_vae.pipeline import Pipeline
@@ -123,6 +124,9 @@ def _sampling(topo: Topology) -> str:
     return ""
 
 
+REDIS_DOWN = (RedisError, StateStoreError)  # the registry reports Redis errors as StateStoreError
+
+
 class TrainingAborted(Exception):  # noqa: N818 - it is an outcome, not an error
     """The trainer is shutting down; the candidate in training is dropped."""
 
@@ -152,6 +156,7 @@ class Trainer:
         self.registry = registry
         self.poll_s = poll_s
         self.stopping = threading.Event()  # set on shutdown: training stops after the current epoch
+        self._finished: OrderedDict[str, list[tuple[str, bytes]]] = OrderedDict()  # attempt -> its messages
 
     def reservoir(self, topo: Topology) -> Reservoir:
         return Reservoir(self.registry.client, prefix=self.registry.prefix, stream=topo.name,
@@ -188,6 +193,8 @@ class Trainer:
         # a lost node) leaves it uncommitted, and the next trainer must not take the redelivery for a duplicate
         busy_s = int(topo.retrain.wait_timeout_s + topo.retrain.max_train_seconds) + 300
         client, attempt = self.registry.client, attempt or uuid.uuid4().hex
+        if attempt in self._finished:  # done, and Redis failed as it was marked handled: mark it, never redo it
+            return self._handled(claim if episode else None, attempt)
         if episode and not client.set(claim, attempt, nx=True, ex=busy_s) and _text(client.get(claim)) != attempt:
             log.info("recalibrate_duplicate", stream=topo.name, episode=episode)
             return []
@@ -202,15 +209,21 @@ class Trainer:
                 self.registry.client.delete(claim)
             log.info("recalibrate_aborted", stream=topo.name, episode=episode)
             return []
-        except RedisError:
+        except REDIS_DOWN:
             raise  # the caller tries again once Redis is back (a refusal would lose the request)
         except Exception as exc:  # a failed attempt is reported, the trainer keeps serving
             log.error("recalibrate_failed", stream=topo.name, error=f"{type(exc).__name__}: {exc}")
             msgs, outcome = [self._refuse(topo, f"{type(exc).__name__}: {exc}")], "failed"
-        if episode:  # handled: a redelivery of the request (or the same episode again) is a duplicate for a day
-            client.set(claim, "1", ex=86_400)
         metrics.RECALIBRATIONS.labels(topo.name, kind, outcome).inc()
-        return msgs
+        put(self._finished, attempt, msgs, 64)
+        return self._handled(claim if episode else None, attempt)
+
+    def _handled(self, claim: str | None, attempt: str) -> list[tuple[str, bytes]]:
+        """The attempt's messages, once its episode is marked handled: a redelivery of the request (or the
+        same episode again) is a duplicate for a day."""
+        if claim is not None:
+            self.registry.client.set(claim, "1", ex=86_400)
+        return self._finished.pop(attempt)
 
     def _refuse(self, topo: Topology, reason: str, active: str | None = None) -> tuple[str, bytes]:
         log.warning("candidate_refused", stream=topo.name, reason=reason)

@@ -416,3 +416,50 @@ def test_a_request_the_trainer_cannot_read_is_skipped_with_a_reason(value: bytes
 
     assert parse_request(value) == why
     assert parse_request(b'{"data": {"stream": "tr", "since_ms": 5}}') == {"stream": "tr", "since_ms": 5}
+
+
+@pytest.mark.parametrize("fails", ["the claim marked handled", "the active version's read"])
+def test_a_retried_attempt_publishes_its_own_outcome_once(setup, fails: str) -> None:  # type: ignore[no-untyped-def]
+    """Redis fails once (1) where the request is marked handled, after the candidate was activated: the
+    retry trained and activated a second one, and the first's event was never published; (2) where the
+    registry reads the active version: reported as StateStoreError, it refused the request. Each is retried
+    now, and one activation is published."""
+    import functools
+
+    import redis as redis_py
+
+    from stream_vae.app import _redis_retried
+
+    topo, registry, res, _ = setup
+    client, fired = registry.client, []
+
+    class Flaky:
+        def __getattr__(self, name: str) -> object:
+            return getattr(client, name)
+
+        def _once(self, hit: bool) -> None:
+            if hit and not fired:
+                fired.append(1)
+                raise redis_py.ConnectionError("Redis restarting")
+
+        def set(self, *args: object, **kwargs: object) -> object:
+            self._once(fails.startswith("the claim") and kwargs.get("ex") == 86_400)
+            return client.set(*args, **kwargs)
+
+        def get(self, key: str) -> object:
+            self._once(fails.startswith("the active") and str(key).endswith(":active"))
+            return client.get(key)
+
+    trainer = Trainer({"tr": topo}, registry=RedisModelRegistry(Flaky(), prefix=registry.prefix), poll_s=0.1)
+    s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
+    data = {"stream": "tr", "kind": "threshold", "since_ms": now, "episode": "e-retry", "baseline_alert_rate": 0.01}
+    before = {v["version"] for v in registry.list_versions("tr")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(asyncio, "sleep", _no_sleep)
+        msgs = asyncio.run(_redis_retried(functools.partial(trainer.handle, attempt="a1"), data))
+    events = [json.loads(body)["data"] for _, body in msgs]
+    added = {v["version"] for v in registry.list_versions("tr")} - before
+    assert fired and [e["action"] for e in events] == ["activate"] and added == {events[0]["version"]}
+    assert registry.active_version("tr") == events[0]["version"]
