@@ -211,7 +211,7 @@ class StreamMonitor:
         self._last_ckpt = time.monotonic()
         self._checkpoint_due = False
         # a swap could not close the old model's drift episode: close it first thing, keeping one opened by
-        # this version (the new model's; "": keep none)
+        # this version (the new model's)
         self._close_episode: str | None = None
         # what the drift monitors were fed in this pass (partition -> last offset), and the signals they raised
         # that no episode claim holds yet: if the pass fails, the batch read again feeds them only the records
@@ -237,10 +237,11 @@ class StreamMonitor:
         self._skip, self._unclaimed = {}, []  # the new model's monitors have seen nothing
         metrics.DRIFT_STATE.labels(self.topology.name).set(0)
         self.guard.start(new.version, previous=None if rollback else old.version, baseline_rate=self.baseline_rate)
-        # a rollback's version opened the episode that led away from it: that one closes too
-        self._close_episode = keep = "" if rollback else new.version
+        # an episode the new version opened stays: another worker swapped first and saw it drift (after a
+        # rollback too: what the version opened before was closed when it was swapped out)
+        self._close_episode = new.version
         try:
-            self.policy.close_episode(keep_version=keep or None)
+            self.policy.close_episode(keep_version=new.version)
             self._close_episode = None
         except RedisError as exc:
             log.warning("drift_episode_not_closed", stream=self.topology.name, error=type(exc).__name__)
@@ -285,8 +286,12 @@ class StreamMonitor:
         self._save_if_due()
         if time.monotonic() - self._last_ckpt <= self.checkpoint_s:
             return []
-        metrics.DRIFT_STATE.labels(self.topology.name).set(int(self.policy.episode is not None))  # it times out
-        return self._periodic()
+        messages = self._periodic()
+        try:  # a quiet stream's episode times out too (and Redis down must not hold back the idle ends)
+            metrics.DRIFT_STATE.labels(self.topology.name).set(int(self.policy.episode is not None))
+        except RedisError as exc:
+            log.warning("drift_state_unavailable", stream=self.topology.name, error=type(exc).__name__)
+        return messages
 
     def _periodic(self, *, now: float | None = None) -> list[Message]:
         """Every ``checkpoint_s``: resolve incidents of entities gone quiet (judged by :class:`StreamClock`;
@@ -338,7 +343,7 @@ class StreamMonitor:
     def process(self, records: list[RawRecord]) -> Emission:
         self._save_if_due()
         if self._close_episode is not None:  # (a Redis error here: the hot loop reads the batch again: retried)
-            self.policy.close_episode(keep_version=self._close_episode or None)
+            self.policy.close_episode(keep_version=self._close_episode)
             self._close_episode = None
         pipeline = self.pipeline_of()
         episode, replayed = self.policy.current(records)

@@ -418,6 +418,37 @@ def test_a_drift_found_by_a_batch_that_failed_is_reported_when_it_is_read_again(
     assert run("clean", False) == run("failed", True) == ["score"]
 
 
+def test_idle_incidents_end_on_a_quiet_stream_while_redis_is_down(redis_url: str, redis_prefix: str) -> None:
+    """Ending an idle incident needs Kafka only. The drift gauge's read of the episode (Redis) came first
+    in tick(), and while Redis was down it raised: a quiet stream's idle ends were never published."""
+    import redis as redis_py
+
+    topo, _ = _incident_monitor("tickdown", 1.0, redis_url, redis_prefix)
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+
+    class Down:
+        down = False
+
+        def __getattr__(self, name: str) -> object:
+            if self.down:
+                raise redis_py.ConnectionError("Redis down")
+            return getattr(client, name)
+
+    down = Down()
+    pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
+    monitor = StreamMonitor(topo, lambda: pipeline, client=down, prefix=redis_prefix, checkpoint_s=0.5)
+    X = iid_stream(20, 3)
+    X[15:] += 40.0
+    now = int(time.time() * 1000)
+    recs = [dataclasses.replace(r, timestamp_ms=now + i) for i, r in enumerate(keyed_records(X, ["host-a"] * 20))]
+    assert "t:0:15" in [a.incident for a in monitor.process(recs).alerts if a.incident_event == "open"]
+    monitor.checkpoint()
+    time.sleep(1.5)
+    down.down = True
+    ends = [json.loads(m.value)["data"]["incident"] for m in monitor.tick()]
+    assert ("t:0:15", "idle") in [(e["id"], e["reason"]) for e in ends]
+
+
 def test_a_redis_error_while_resuming_an_entity_is_retried_not_taken_for_no_saved_state(
         redis_url: str, redis_prefix: str) -> None:
     """Worker A saves host-a with an incident open; worker B is given it and its first read of the saved
@@ -554,6 +585,24 @@ def test_entities_beyond_the_bound_are_saved_before_they_are_forgotten(redis_url
     assert [a for a in unbounded if a[0] >= 10][:1] == [(10, "t:0:10", "open")]
     assert run(2) == unbounded
     assert run(2, fail=True) == unbounded  # a failed save does not forget them unsaved
+
+
+def test_a_rollback_keeps_the_episode_its_version_opened_since(redis_url: str, redis_prefix: str) -> None:
+    """Worker A rolled back to v1 first, and v1 drifted (an episode opened by v1); worker B's rollback
+    then deleted that episode. The v1 episode that led away from v1 was closed at the forward swap, so
+    one v1 opened since is kept; one v2 opened is closed."""
+    topo = iid_topology().model_copy(update={"name": "rollback"})
+    v1 = loaded(train_model(iid_stream(1500, 0), topo), "v1")
+    v2 = loaded(train_model(iid_stream(1500, 1), topo), "v2")
+    pipeline = Pipeline(topo, v2)
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+    episode = f"{redis_prefix}:rollback:drift:episode"
+    for opened_by, kept in (("v1", True), ("v2", False)):
+        claim = json.dumps({"id": f"drift-of-{opened_by}", "at": None, "request": {"model_version": opened_by}})
+        client.set(episode, claim, px=900_000)
+        monitor.on_swap(v2, v1, rollback=True)
+        assert (client.get(episode) is not None) is kept, opened_by
 
 
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
