@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
+import structlog
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -19,6 +20,8 @@ CalibrationMethod = Literal["quantile", "pot"]
 ScoreKind = Literal["gaussian", "robust"]
 ThresholdAdaptation = Literal["off", "track"]
 Severity = Literal["low", "medium", "high", "critical"]
+
+log = structlog.get_logger(__name__)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -205,9 +208,6 @@ class RetrainSpec(_Strict):
         if self.buffer_size < self.min_records:  # the reservoir could never hold what a retrain waits for
             raise ValueError(f"retrain.buffer_size {self.buffer_size} < min_records {self.min_records}: every "
                              "retrain would wait wait_timeout_s and be refused; raise buffer_size")
-        if self.buffer_size < self.threshold_records:
-            raise ValueError(f"retrain.buffer_size {self.buffer_size} < {self.threshold_records}, the records a "
-                             "threshold recalibration waits for: every one would be refused; raise buffer_size")
         return self
 
     @property
@@ -310,10 +310,17 @@ class Topology(_Strict):
     @model_validator(mode="after")
     def _fields_and_topics(self) -> Topology:
         names = set(self.feature_names)
-        unknown = [r for r in self.alerts.redact if r not in names]
+        unknown = [r for r in self.alerts.redact if r not in names and r != self.key_field]
         if unknown:  # a typo would leave the value it meant to hide in every alert
-            key = " (the key field is the alert's identity: it cannot be redacted)" if self.key_field in unknown else ""
-            raise ValueError(f"alerts.redact names no feature: {unknown}{key} (features: {sorted(names)[:10]})")
+            raise ValueError(f"alerts.redact names no feature: {unknown} (features: {sorted(names)[:10]})")
+        if self.key_field in self.alerts.redact:  # accepted before it was checked: warn, do not stop a deploy
+            log.warning("redact_key_field_ignored", stream=self.name, key_field=self.key_field,
+                        why="the key is the alert's identity (its Kafka key and 'key' field); only features are hidden")
+        d, r = self.drift, self.retrain
+        if d.enabled and set(d.tests) - set(d.retrain_on) and r.buffer_size < r.threshold_records:
+            raise ValueError(f"retrain.buffer_size {r.buffer_size} < {r.threshold_records}, the records a threshold "
+                             "recalibration waits for (drift in a test not in drift.retrain_on asks for one): every "
+                             "one would be refused; raise buffer_size")
         if self.key_field is not None and self.key_field == self.timestamp_field:
             raise ValueError(f"key_field and timestamp_field are both '{self.key_field}'")
         if not _TOPIC.match(self.input_topic):

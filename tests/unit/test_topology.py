@@ -49,12 +49,11 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
         ({"retrain": {"buffer_size": 1000}}, "retrain"),
         # (review) each of these was accepted and failed later, or silently did the wrong thing:
         # fewer records than a threshold recalibration waits for (500): every one refused
-        ({"retrain": {"buffer_size": 400, "min_records": 400, "holdout_fraction": 0.1}}, "retrain"),
+        ({"retrain": {"buffer_size": 400, "min_records": 400, "holdout_fraction": 0.1}}, "<root>"),
         ({"model": {"hidden": []}}, "model.hidden"),  # an IndexError at training
         ({"model": {"hidden": [-4]}}, "model.hidden.0"),  # a tensor of negative size
         ({"alerts": {"severity_high": 0.01, "severity_critical": 0.1}}, "alerts"),  # 'high' unreachable
         ({"alerts": {"redact": ["A"]}}, "<root>"),  # a typo: the value it meant to hide went out
-        ({"key_field": "k", "alerts": {"redact": ["k"]}}, "<root>"),
         ({"alerts": {"dlq_topic": "in"}}, "<root>"),  # dead letters read back and rejected again, without end
         ({"alerts": {"anomaly_topic": "in"}}, "<root>"),
         ({"input_topic": ""}, "<root>"),
@@ -100,3 +99,14 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     p.write_bytes("name: s\ninput_topic: in\ndescription: caf\u00e9\nfeatures: [{name: a}]\n".encode("latin-1"))
     with pytest.raises(TopologyError, match=r"latin\.yaml: not UTF-8"):
         load_all(tmp_path)
+
+
+def test_rules_that_only_bind_where_they_apply() -> None:
+    """A small reservoir is refused only where a threshold recalibration can be asked for (drift on, a
+    test not in retrain_on); redacting the key (which alerts cannot hide) is accepted with a warning, as
+    before the check, so a deploy made from the old production example keeps starting."""
+    small = {"buffer_size": 400, "min_records": 400, "holdout_fraction": 0.1}
+    parse_topology({**BASE, "retrain": small, "drift": {"enabled": False}})
+    parse_topology({**BASE, "retrain": small, "drift": {"retrain_on": ["score", "latent", "multivariate"]}})
+    topo = parse_topology({**BASE, "key_field": "k", "alerts": {"redact": ["k"]}})
+    assert topo.alerts.redact == ("k",)
