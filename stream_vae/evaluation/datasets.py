@@ -276,6 +276,8 @@ def load_smd_like(
 
     interp_path = root / "interpretation_label" / f"{entity}.txt"
     raw_interp = parse_interpretation_label(interp_path.read_text()) if interp_path.exists() else []
+    if not interp_path.exists() and interp_path.parent.is_dir():  # the other entities have one: say so
+        warnings.warn(f"{interp_path} is missing: {entity} has no HitRate (left out of its mean)", stacklevel=2)
     raw_types = _anomaly_types(root / "anomaly_type.csv", entity)
     ranges = [(s, e) for s, e, _ in raw_interp] or [(s, e) for s, e, _ in raw_types or []]
     offset = _resolve_end(ranges, label, interpretation_end, f"{root.name}/{entity}")
@@ -339,10 +341,15 @@ def _read_nab_csv(path: Path) -> tuple[NDArray[np.datetime64], NDArray[np.float6
             raise ValueError(f"{path}: expected a 'timestamp,value' header, got {header!r}")
         stamps: list[str] = []
         values: list[float] = []
-        for row in reader:
+        for line, row in enumerate(reader, start=2):
             if row:
+                if len(row) < 2:
+                    raise ValueError(f"{path}:{line}: expected 'timestamp,value', got {row!r:.60}")
                 stamps.append(row[0].strip().replace(" ", "T"))
-                values.append(float(row[1]))
+                try:
+                    values.append(float(row[1]))
+                except ValueError:
+                    raise ValueError(f"{path}:{line}: value {row[1]!r:.40} is not a number") from None
     ts = np.array(stamps, dtype="datetime64[s]")
     if ts.size > 1 and not (ts[1:] >= ts[:-1]).all():
         raise ValueError(f"{path}: timestamps are not sorted")
@@ -463,6 +470,8 @@ def _parse_tcpd(doc: dict[str, Any], where: str) -> tuple[str, int, NDArray[np.f
     values = np.empty((n_obs, n_dim), dtype=np.float64)
     labels: list[str] = []
     for j, var in enumerate(series):
+        if not isinstance(var, dict) or not isinstance(var.get("raw"), list):
+            raise ValueError(f"{where}: series {j} has no 'raw' list of values (see schema.json)")
         raw = var["raw"]
         if len(raw) != n_obs:
             raise ValueError(f"{where}: series {j} has {len(raw)} values, n_obs={n_obs}")
@@ -490,6 +499,10 @@ def load_tcpd(data_dir: str | Path, names: Iterable[str] | None = None) -> list[
     annotations: dict[str, dict[str, list[int]]] = json.loads((root / "annotations.json").read_text())
     wanted = None if names is None else set(names)
     paths = sorted((root / "datasets").glob("*/*.json"))
+    lacking = sorted(d.name for d in (root / "datasets").iterdir()
+                     if d.is_dir() and not (d / f"{d.name}.json").exists() and (wanted is None or d.name in wanted))
+    if lacking:  # a series left out without a word would change the means
+        raise DatasetLayoutError(f"series folders without their <name>.json under {root / 'datasets'}: {lacking[:10]}")
     out: list[TcpdSeries] = []
     for path in paths:
         if path.stem != path.parent.name or (wanted is not None and path.stem not in wanted):

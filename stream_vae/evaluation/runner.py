@@ -28,7 +28,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +49,7 @@ from stream_vae.evaluation.metrics import (
     nab_scored_windows,
     point_adjust,
 )
+from stream_vae.exceptions import ConfigError
 from stream_vae.preprocess import seasonal_differences
 from stream_vae.records import BoolArray, FloatArray, RawRecord
 from stream_vae.topology import AlertGrouping
@@ -451,6 +452,8 @@ def evaluate_entity(entity: Entity, settings: EvalSettings, *, progress: Progres
     """The VAE through the pipeline and every baseline on one SMD/ASD entity."""
     train = np.asarray(entity.train, dtype=np.float64)
     test = np.asarray(entity.test, dtype=np.float64)
+    if settings.max_train_rows and len(train) > settings.max_train_rows:  # the baselines get the same rows
+        train = train[-settings.max_train_rows :]
     trace = run_pipeline(train, test, settings, key=entity.name)
     metrics = detection_metrics(trace, entity.label, interpretation=entity.interpretation)
     metrics["seconds"] = round(trace.seconds_fit + trace.seconds_score, 1)
@@ -464,6 +467,10 @@ def evaluate_entity(entity: Entity, settings: EvalSettings, *, progress: Progres
     train, test = seasonal_inputs(train, test, trace.seasonal_period)
     for name in settings.baselines:
         bt = run_baseline(name, train, test, settings)
+        if bt.contributions is not None and bt.contributions.shape[1] > entity.test.shape[1]:
+            # [features, seasonal differences]: each feature's larger one, as the VAE's attributions read them
+            c = bt.contributions
+            bt = replace(bt, contributions=c.reshape(len(c), -1, entity.test.shape[1]).max(axis=1))
         base_traces[name] = bt
         base_metrics[name] = detection_metrics(bt, entity.label, interpretation=entity.interpretation)
         base_metrics[name]["seconds"] = round(bt.seconds_fit + bt.seconds_score, 1)
@@ -543,7 +550,7 @@ def evaluate_smd_like(
 ) -> tuple[Metrics, list[EntityReport], list[Entity]]:
     """Evaluate every (or the named) entity of an SMD-layout folder; returns the JSON document too."""
     settings = settings or EvalSettings()
-    names = list(entities) if entities else list_entities(data_dir)
+    names = list(dict.fromkeys(entities)) if entities else list_entities(data_dir)  # a name given twice: once
     t0 = time.perf_counter()
     reports: list[EntityReport] = []
     loaded: list[Entity] = []
@@ -579,7 +586,8 @@ def _settings_dict(settings: EvalSettings) -> dict[str, Any]:
 # NAB
 # --------------------------------------------------------------------------------------------
 
-NAB_RATIOS = tuple(float(x) for x in np.round(np.geomspace(0.5, 200.0, 61), 4))
+# (1.0, the pipeline's own decision, among them: a detector's best on the labels is never below its label-free score)
+NAB_RATIOS = tuple(sorted({float(x) for x in np.round(np.geomspace(0.5, 200.0, 61), 4)} | {1.0}))
 """Corpus-wide thresholds tried on ``(score - median) / (threshold - median)``; 1.0 = the online decision."""
 
 
@@ -717,6 +725,9 @@ def evaluate_nab(
     series = load_nab(data_dir)
     if files:
         wanted = set(files)
+        unmatched = wanted - {n for s in series for n in (s.name, Path(s.name).stem, s.category)}
+        if unmatched:  # a typo would drop a file from the corpus without a word
+            raise ConfigError(f"--entity {sorted(unmatched)} matches no NAB file, file name or category in {data_dir}")
         series = [s for s in series if s.name in wanted or Path(s.name).stem in wanted or s.category in wanted]
     traces: list[StreamTrace] = []
     base: dict[str, list[StreamTrace]] = {b: [] for b in settings.baselines}

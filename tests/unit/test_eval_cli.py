@@ -112,3 +112,13 @@ def test_errors_are_one_line_and_exit_2(app: typer.Typer, tmp_path: Path, args: 
     res = CliRunner().invoke(app, [a.replace("{smd}", str(smd)) for a in args])
     assert res.exit_code == 2
     assert "error:" in res.stderr and message in res.stderr
+
+
+def test_a_nab_entity_that_matches_nothing_is_named(app: typer.Typer, tmp_path: Path) -> None:
+    """(Review.) One mistyped --entity next to a good one was dropped without a word: the score was of the
+    other file alone."""
+    nab = write_toy_nab(tmp_path / "nab", n_files=1)
+    good = next((nab / "data").rglob("*.csv")).stem
+    res = CliRunner().invoke(app, ["eval", "nab", "--data-dir", str(nab), "--entity", good, "--entity", "typo_1",
+                                   "--baselines", "", "--epochs", "3"])
+    assert res.exit_code == 2 and "typo_1" in res.stderr and "matches no NAB file" in res.stderr, res.output

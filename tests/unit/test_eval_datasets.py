@@ -81,8 +81,9 @@ def test_ranges_matching_no_segment_warn(tmp_path: Path) -> None:
 
 
 def test_entity_without_interpretation_file(tmp_path: Path) -> None:
-    """A missing interpretation_label file gives an empty interpretation list."""
-    entity = D.load_smd_like(make_smd_like(tmp_path, interp=None), "machine-9-9")
+    """A missing interpretation_label file gives an empty interpretation list (and a warning)."""
+    with pytest.warns(UserWarning, match="no HitRate"):
+        entity = D.load_smd_like(make_smd_like(tmp_path, interp=None), "machine-9-9")
     assert entity.interpretation == []
 
 
@@ -312,3 +313,28 @@ def test_real_tcpd_series_load() -> None:
     assert series["run_log"].values.shape == (376, 2)
     assert int(np.isnan(series["uk_coal_employ"].values).sum()) == 2
     assert all(len(s.annotations) == 5 for s in series.values())
+
+
+def test_missing_or_malformed_files_are_named_not_skipped(tmp_path: Path) -> None:
+    """(Review.) A TCPD series folder without its JSON was skipped without a word (the means moved), a series
+    without 'raw' raised KeyError, a NAB row without a value IndexError; an SMD entity whose interpretation
+    file is missing while the others have theirs drops out of the HitRate mean: it says so."""
+    root = make_tcpd(tmp_path / "tcpd", [_tcpd_doc("a", [[1.0, 2.0]]), _tcpd_doc("b", [[1.0, 2.0]])],
+                     {"a": {"1": []}, "b": {"1": []}})
+    (root / "datasets" / "b" / "b.json").unlink()
+    with pytest.raises(D.DatasetLayoutError, match=r"without their <name>\.json.*'b'"):
+        D.load_tcpd(root)
+    doc = _tcpd_doc("c", [[1.0, 2.0]])
+    doc["series"][0].pop("raw")
+    make_tcpd(tmp_path / "tcpd2", [doc], {"c": {"1": []}})
+    with pytest.raises(ValueError, match="no 'raw' list"):
+        D.load_tcpd(tmp_path / "tcpd2")
+    from stream_vae.evaluation.toy import write_toy_nab
+
+    nab = write_toy_nab(tmp_path / "nab", n_files=1)
+    csv_path = next((nab / "data").rglob("*.csv"))
+    csv_path.write_text(csv_path.read_text() + "2015-01-01 00:00:00\n")
+    with pytest.raises(ValueError, match=r"expected 'timestamp,value'"):
+        D.load_nab(nab)
+    with pytest.warns(UserWarning, match="no HitRate"):
+        D.load_smd_like(make_smd_like(tmp_path / "smd", interp=None), "machine-9-9")
