@@ -173,8 +173,12 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
                                         checkpoint_s=w.checkpoint_s, entity_ttl_s=w.entity_ttl_s)
                 slot.on_swap = lambda old, new, rb: monitor.on_swap(old, new, rollback=rb)
                 guard = Rollbacks(registry, slot, topology)
+                async def after_batch(emission: Emission) -> None:  # committed: record its incidents, then judge
+                    await asyncio.to_thread(monitor.save_incidents)
+                    await guard.after_batch(emission)
+
                 loop = HotLoop(monitor, settings=settings, topology=topology, before_batch=slot.check,
-                               after_batch=guard.after_batch, on_revoked=monitor.release,
+                               after_batch=after_batch, on_revoked=monitor.release,
                                on_tick=monitor.tick, on_assigned=monitor.adopt)
                 guard.loop = loop
                 state.loop = loop

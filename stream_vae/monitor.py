@@ -218,6 +218,9 @@ class StreamMonitor:
         # they have not seen (fed twice, a detector that fired and reset would not fire again) and raises those
         self._fed: dict[int, int] = {}
         self._skip: dict[int, int] = {}
+        # keys whose incident opened, escalated or ended in what was published: saved as soon as it is committed,
+        # not at the next checkpoint (a successor after a crash would open the incident again, or end it twice)
+        self._incidents: set[str] = set()
         self._unclaimed: list[DriftSignal] = []
         self.clock = StreamClock()
         self._seen = 0
@@ -279,11 +282,22 @@ class StreamMonitor:
         if self._checkpoint_due:
             self.checkpoint()
 
+    def save_incidents(self) -> None:
+        """Save the entities whose incident changed in what the hot loop published and committed (it calls
+        this after the commit, and each batch and tick begin with it). Kept for the next call if Redis fails."""
+        if not self._incidents:
+            return
+        pipeline = self.pipeline_of()
+        if pipeline is not None:
+            self.entities.save(pipeline, self._incidents)
+            self._incidents = self.entities.unsaved(self._incidents)
+
     def tick(self) -> list[Message]:
         """Between batches (the hot loop calls it when a poll brings nothing): the periodic work is due
         on the clock even when no record arrives, so a stream that went quiet is checkpointed and its
         idle incidents resolved."""
         self._save_if_due()
+        self.save_incidents()
         if time.monotonic() - self._last_ckpt <= self.checkpoint_s:
             return []
         messages = self._periodic()
@@ -302,6 +316,7 @@ class StreamMonitor:
         pipeline = self.pipeline_of()
         ends = pipeline.expire_incidents(now=now, partition_now=self.clock.reached()) if pipeline is not None else []
         self.entities.changed(e.key for e in ends)
+        self._incidents.update(e.key for e in ends)
         for e in ends:
             log.info("incident_resolved_idle", stream=self.topology.name, key=e.key, incident=e.incident)
         ends = self._announced(pipeline, [], ends)
@@ -342,6 +357,7 @@ class StreamMonitor:
     # -- the batch -----------------------------------------------------------------------------
     def process(self, records: list[RawRecord]) -> Emission:
         self._save_if_due()
+        self.save_incidents()
         if self._close_episode is not None:  # (a Redis error here: the hot loop reads the batch again: retried)
             self.policy.close_episode(keep_version=self._close_episode)
             self._close_episode = None
@@ -417,6 +433,9 @@ class StreamMonitor:
             verdict = self.guard.update(n, k)
         resolved = self._announced(pipeline, alerts, out.resolved)
         msgs += alert_messages(topo, alerts, resolved)
+        if topo.alerts.group == "incident":
+            self._incidents.update(a.key for a in alerts)
+            self._incidents.update(e.key for e in out.resolved)
         msgs += [dlq_message(r, topo) for r in out.rejections]
         if topo.alerts.audit_topic and (out.scored or out.rejections):
             flagged = [out.scored[i] for i in np.flatnonzero(out.is_anomaly)]

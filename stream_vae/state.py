@@ -187,6 +187,10 @@ class EntityCheckpoints:
             put(self._held, k, p, self.max_entities)
             self._dirty.add(k)
 
+    def unsaved(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` whose state changed since it was last written."""
+        return {k for k in keys if k in self._dirty}
+
     def changed(self, keys: Iterable[str]) -> None:
         """These entities' state changed outside a batch (an incident resolved as idle): save them too."""
         self._dirty.update(k for k in keys if k in self._held)

@@ -605,6 +605,44 @@ def test_a_rollback_keeps_the_episode_its_version_opened_since(redis_url: str, r
         assert (client.get(episode) is not None) is kept, opened_by
 
 
+def test_an_incident_survives_a_crash_between_checkpoints(redis_url: str, redis_prefix: str) -> None:
+    """(Chaos test.) Worker A opens host-a's incident, publishes and commits, and is SIGKILLed before its
+    next checkpoint (every 10 s); worker B, given the partition, read an older state: it opened the same
+    run again under a new id and left A's open for good. After a resolve, B ended it a second time. The
+    hot loop now saves the keys whose incident changed right after each commit (save_incidents)."""
+    base = iid_topology(fpr=0.002)
+    topo = base.model_copy(update={"name": "crash", "alerts": base.alerts.model_copy(
+        update={"group": "incident", "cooldown_s": 0.0})})
+    model = loaded(train_model(iid_stream(1500, 0), topo))
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    X = iid_stream(90, 5)
+    X[20:60] += 40.0
+    recs = keyed_records(X, ["host-a"] * 90)
+
+    def worker() -> StreamMonitor:
+        pipeline = Pipeline(topo, model)
+        monitor = StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+        monitor.adopt([0])
+        return monitor
+
+    def events(monitor: StreamMonitor, lo: int, hi: int) -> list[tuple[str, str]]:
+        out = []
+        for m in monitor.process(recs[lo:hi]).messages:
+            if m.topic == topo.alerts.anomaly_topic:
+                inc = json.loads(m.value)["data"]["incident"]
+                out.append((inc["event"], inc["id"]))
+        monitor.save_incidents()  # what the hot loop does once the batch is committed
+        return out
+
+    a = worker()
+    assert ("open", "t:0:20") in events(a, 0, 30)  # ... and A dies here, long before its checkpoint
+    b = worker()
+    assert [e for e in events(b, 30, 50) if e[1] != "t:0:20"] == [], "B carries A's incident on"
+    assert ("resolve", "t:0:20") in events(b, 50, 70)  # ... and B dies here
+    c = worker()
+    assert not [e for e in events(c, 70, 90) if e[1] == "t:0:20"], "C does not end it again"
+
+
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
     """Worker A scores host-a and stalls past the session timeout before its checkpoint; the group gives
     the partition to B, which scores on and saves. A learns it was expelled only when it wakes up, and
