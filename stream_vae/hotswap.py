@@ -53,6 +53,7 @@ class ModelSlot:
         self.swap_pauses_ms: list[float] = []
         self._last_check = 0.0
         self._refused: set[str] = set()
+        self._pointer_lost = False  # the registry had no active version at the last poll (logged once)
         self._requested: tuple[str, bool] | None = None  # (version, is_rollback)
         self._loading: tuple[str, bool, asyncio.Future[LoadedModel]] | None = None
 
@@ -113,6 +114,11 @@ class ModelSlot:
         if target is None and (force or now - self._last_check >= self.poll_s):
             self._last_check = now
             active, by_rollback = await asyncio.to_thread(self.registry.active_intent, self.topology.name)
+            if not active and not self._pointer_lost:  # Redis lost its data (a restart without persistence)
+                log.error("model_registry_empty", stream=self.topology.name, serving=self.pipeline.model.version,
+                          hint="the worker keeps serving this version; register a model again (stream-vae train) "
+                               "or restore Redis' data")
+            self._pointer_lost = not active
             if active:
                 # a rollback whose event has not come yet (another worker rolled back) is not guarded:
                 # guarding it would name the bad version as the one to return to. The registry says how the

@@ -216,3 +216,25 @@ def test_a_worker_that_follows_another_workers_rollback_does_not_guard_its_targe
     for s in slots:
         asyncio.run(Rollbacks(registry, s, model.topology).after_batch(verdict))  # type: ignore[arg-type]
     assert [s.requests for s in slots] == [[("v2", True)], [("v2", True)]]
+
+
+def test_a_worker_whose_registry_was_wiped_says_so_once_and_keeps_serving(registry, model) -> None:  # type: ignore[no-untyped-def]
+    """(Chaos test.) Redis restarted empty (no persistence): the active pointer is gone. The worker kept
+    serving its version without a word; it now logs `model_registry_empty` once (not at every poll) and
+    goes on serving."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from stream_vae.hotswap import ModelSlot
+
+    registry.register(model, activate=True)
+    slot = ModelSlot(registry, model.topology, poll_s=0.0)
+    asyncio.run(slot.wait_for_model())
+    for key in registry.client.scan_iter(f"{registry.prefix}:*"):
+        registry.client.delete(key)
+    with capture_logs() as logs:
+        for _ in range(3):
+            asyncio.run(slot.check(force=True))
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["model_registry_empty"]
+    assert slot.pipeline is not None and slot.pipeline.model.version == "v1"
