@@ -22,11 +22,10 @@ import faust
 import structlog
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis import RedisError
 
 from stream_vae import metrics
 from stream_vae.config import Settings
-from stream_vae.exceptions import ModelLoadError, RollbackConflictError, StateStoreError
+from stream_vae.exceptions import REDIS_DOWN, ModelLoadError, RollbackConflictError
 from stream_vae.hotpath import HotLoop
 from stream_vae.hotswap import ModelSlot, model_event, supervise_control
 from stream_vae.model import set_torch_threads
@@ -237,7 +236,7 @@ async def _redis_retried(call: Callable[[dict[str, Any]], _T], data: dict[str, A
     while True:
         try:
             return await asyncio.to_thread(call, data)
-        except (RedisError, StateStoreError) as exc:  # the registry reports Redis errors as StateStoreError
+        except REDIS_DOWN as exc:
             log.warning("trainer_redis_unavailable", error=f"{type(exc).__name__}: {exc}"[:200], retry_in_s=pause)
             await asyncio.sleep(pause)
             pause = min(2 * pause, 30.0)

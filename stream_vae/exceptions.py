@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis import RedisError
+
 
 class StreamVAEError(Exception):
     """Root of every error stream-vae raises on purpose."""
@@ -41,3 +43,7 @@ class BrokerError(StreamVAEError, RuntimeError):
 
 class RollbackConflictError(ModelLoadError):
     """A rollback of version X found another version active: someone moved the pointer first."""
+
+
+# Redis did not answer: the caller waits and tries again (the registry reports Redis errors as StateStoreError)
+REDIS_DOWN = (RedisError, StateStoreError)

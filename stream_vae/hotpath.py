@@ -17,11 +17,10 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from redis.exceptions import RedisError
 
 from stream_vae import metrics
 from stream_vae.config import Settings
-from stream_vae.exceptions import StateStoreError
+from stream_vae.exceptions import REDIS_DOWN
 from stream_vae.monitor import Emission, Message, alert_messages, dlq_message
 from stream_vae.pipeline import Pipeline
 from stream_vae.records import RawRecord
@@ -31,7 +30,6 @@ log = structlog.get_logger("stream_vae.hotpath")
 
 # Redis unreachable (a failover, a restart): the batch is read again and retried, the worker lives on.
 # (Not OSError: a Kafka timeout is one, and is no Redis outage.)
-_REDIS_DOWN = (RedisError, StateStoreError)
 _RETRY_S = (0.5, 1.0, 2.0, 5.0)  # back-off between attempts, the last one repeated
 
 BatchHook = Callable[[Emission], Awaitable[None] | None]
@@ -230,7 +228,7 @@ class HotLoop:
                     async with self.batch_lock:
                         try:
                             self._after_pending = await self._process(got)
-                        except _REDIS_DOWN:
+                        except REDIS_DOWN:
                             # not committed: read the batch again (at-least-once, as after a restart)
                             for tp, msgs in got.items():
                                 if msgs and tp in consumer.assignment():
@@ -240,7 +238,7 @@ class HotLoop:
                         # (reading a committed batch again would score and alert it twice)
                         await self._finish_batch()
                     failures = 0
-                except _REDIS_DOWN as exc:
+                except REDIS_DOWN as exc:
                     pause = _RETRY_S[min(failures, len(_RETRY_S) - 1)]
                     failures += 1
                     metrics.REDIS_ERRORS.labels(self.topology.name).inc()

@@ -118,11 +118,6 @@ class CalibrationSpec(_Strict):
     adapt: ThresholdAdaptation = Field(
         default="track", description="track: the threshold follows slow shifts of each entity's scores; off: fixed"
     )
-
-    @field_validator("adapt", mode="before")
-    @classmethod
-    def _yaml_off(cls, v: object) -> object:
-        return "off" if v is False else v  # YAML 1.1 reads an unquoted `off` as false
     half_life: int = Field(
         default=2000, ge=10, le=10_000_000, description="records of an entity after which its past weighs half"
     )
@@ -141,6 +136,11 @@ class CalibrationSpec(_Strict):
         "track_every of its records, to its scores up to then; so the same records are flagged however they are "
         "batched (live polls or a replayed backlog), and an anomaly shorter than this cannot raise its own threshold",
     )
+
+    @field_validator("adapt", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted `off` as false
 
 
 DriftTest = Literal["score", "latent", "multivariate"]

@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 import structlog
-from redis import RedisError
 
 from stream_vae import metrics
 from stream_vae.calibrate import Calibrator
-from stream_vae.exceptions import ModelLoadError, StateStoreError
+from stream_vae.exceptions import REDIS_DOWN, ModelLoadError
 from stream_vae.hotswap import model_event
 from stream_vae.lru import put
 from stream_vae.model.registry import LoadedModel, RedisModelRegistry, load_artifact, to_artifact
@@ -122,9 +121,6 @@ def _sampling(topo: Topology) -> str:
         return (f" (retrain.sample_every {n} keeps one entity in {n}, all of its records: with few keys, "
                 "set it to 1)")
     return ""
-
-
-REDIS_DOWN = (RedisError, StateStoreError)  # the registry reports Redis errors as StateStoreError
 
 
 class TrainingAborted(Exception):  # noqa: N818 - it is an outcome, not an error
