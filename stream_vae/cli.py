@@ -340,10 +340,9 @@ def models_rollback(
 def _model_topic_of(s: Settings, name: str) -> str:
     """The stream's control.model topic from its topology in STREAM_VAE_TOPOLOGY_DIR, else the default."""
     from stream_vae.exceptions import TopologyError
-    from stream_vae.topology import ControlSpec, load_topology
+    from stream_vae.topology import ControlSpec, load_topology, topology_files
 
-    d = Path(s.topology_dir)
-    for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]) if d.is_dir() else []:
+    for p in topology_files(s.topology_dir):
         with contextlib.suppress(TopologyError, OSError):  # another stream's broken file is not this one's
             found = load_topology(p)
             if found.name == name:

@@ -388,6 +388,12 @@ def load_topology(path: str | Path) -> Topology:
     return parse_topology(data, source=str(p))
 
 
+def topology_files(directory: str | Path) -> list[Path]:
+    """The ``*.yaml``/``*.yml`` files in ``directory``, sorted (none if it is not a directory)."""
+    d = Path(directory)
+    return sorted([*d.glob("*.yaml"), *d.glob("*.yml")]) if d.is_dir() else []
+
+
 def load_all(directory: str | Path) -> dict[str, Topology]:
     """Load every ``*.yaml``/``*.yml`` in ``directory``; stream names must be unique."""
     d = Path(directory)
@@ -395,7 +401,7 @@ def load_all(directory: str | Path) -> dict[str, Topology]:
         raise TopologyError(f"{d}: topology directory not found")
     out: dict[str, Topology] = {}
     files: dict[str, Path] = {}
-    for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+    for p in topology_files(d):
         t = load_topology(p)
         if t.name in out:
             raise TopologyError(f"{p}: stream name '{t.name}' is already used by {files[t.name]}")
