@@ -64,7 +64,8 @@ class MemoryEpisodeStore:
             self._d.pop(key, None)
 
 
-_DELETE_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# delete a key only while it holds a value (one step: another worker may have replaced it since it was read)
+DELETE_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class RedisEpisodeStore:
@@ -93,7 +94,7 @@ class RedisEpisodeStore:
         if if_value is None:
             self.client.delete(key)
         else:  # compare and delete in one step: another worker may have replaced the value since it was read
-            self.client.eval(_DELETE_IF, 1, key, if_value)
+            self.client.eval(DELETE_IF, 1, key, if_value)
 
 
 @dataclass(frozen=True)

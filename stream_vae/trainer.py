@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from stream_vae import metrics
 from stream_vae.calibrate import Calibrator
 from stream_vae.exceptions import REDIS_DOWN, ModelLoadError
 from stream_vae.hotswap import model_event
+from stream_vae.lifecycle import DELETE_IF
 from stream_vae.lru import put
 from stream_vae.model.registry import LoadedModel, RedisModelRegistry, load_artifact, to_artifact
 from stream_vae.model.train import TrainedModel, train_model
@@ -123,6 +125,10 @@ def _sampling(topo: Topology) -> str:
     return ""
 
 
+_RENEW_IF = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end "
+             "return 0")
+
+
 class TrainingAborted(Exception):  # noqa: N818 - it is an outcome, not an error
     """The trainer is shutting down; the candidate in training is dropped."""
 
@@ -147,10 +153,14 @@ class Trainer:
     """Handles recalibration requests for the topologies it owns."""
 
     def __init__(self, topologies: dict[str, Topology], *, registry: RedisModelRegistry,
-                 poll_s: float = 2.0) -> None:
+                 poll_s: float = 2.0, lease_s: float = 60.0) -> None:
         self.topologies = topologies
         self.registry = registry
         self.poll_s = poll_s
+        # a request in progress is held by a lease its attempt renews while it works: a trainer that died
+        # (OOM, a lost node) lets it lapse, and the redelivery waits that long, not for the whole work's length
+        self.lease_s = lease_s
+        self._lease: tuple[str, str, float] | None = None  # (claim key, attempt, when last renewed)
         self.stopping = threading.Event()  # set on shutdown: training stops after the current epoch
         self._finished: OrderedDict[str, list[tuple[str, bytes]]] = OrderedDict()  # attempt -> its messages
 
@@ -185,14 +195,10 @@ class Trainer:
             return []
         episode = str(data.get("episode", ""))
         claim = f"{self.registry.prefix}:{topo.name}:trainer:episode:{episode}"
-        # while in progress the claim lasts only as long as the work may: a trainer killed mid-request (OOM,
-        # a lost node) leaves it uncommitted, and the next trainer must not take the redelivery for a duplicate
-        busy_s = int(topo.retrain.wait_timeout_s + topo.retrain.max_train_seconds) + 300
-        client, attempt = self.registry.client, attempt or uuid.uuid4().hex
+        attempt = attempt or uuid.uuid4().hex
         if attempt in self._finished:  # done, and Redis failed as it was marked handled: mark it, never redo it
             return self._handled(claim if episode else None, attempt)
-        if episode and not client.set(claim, attempt, nx=True, ex=busy_s) and _text(client.get(claim)) != attempt:
-            log.info("recalibrate_duplicate", stream=topo.name, episode=episode)
+        if episode and not self._claim(claim, attempt, topo.name, episode):
             return []
         kind = "threshold" if data.get("kind") == "threshold" else "retrain"
         log.info("recalibrate_started", stream=topo.name, kind=kind, episode=episode, reason=data.get("reason"))
@@ -200,9 +206,9 @@ class Trainer:
             msgs = self._threshold(topo, data) if kind == "threshold" else self._retrain(topo, data)
             outcome = "activated" if b'"activate"' in msgs[0][1] else "refused"
         except TrainingAborted:
-            # the request is not committed: the trainer that gets it next must not take it for a duplicate
+            # the request is not committed: the trainer that gets it next must not wait for this lease
             if episode:
-                self.registry.client.delete(claim)
+                self.registry.client.eval(DELETE_IF, 1, claim, attempt)
             log.info("recalibrate_aborted", stream=topo.name, episode=episode)
             return []
         except REDIS_DOWN:
@@ -210,9 +216,41 @@ class Trainer:
         except Exception as exc:  # a failed attempt is reported, the trainer keeps serving
             log.error("recalibrate_failed", stream=topo.name, error=f"{type(exc).__name__}: {exc}")
             msgs, outcome = [self._refuse(topo, f"{type(exc).__name__}: {exc}")], "failed"
+        finally:
+            self._lease = None
         metrics.RECALIBRATIONS.labels(topo.name, kind, outcome).inc()
         put(self._finished, attempt, msgs, 64)
         return self._handled(claim if episode else None, attempt)
+
+    def _claim(self, claim: str, attempt: str, stream: str, episode: str) -> bool:
+        """Take the request's lease (False: it was handled already). Held by another attempt, it is that
+        attempt's while it renews it: wait until it is handled (a duplicate) or lapses (its trainer died)."""
+        client, waited = self.registry.client, False
+        while True:
+            if client.set(claim, attempt, nx=True, px=int(self.lease_s * 1000)):
+                break
+            held = _text(client.get(claim))
+            if held == attempt:
+                break
+            if held == "1":
+                log.info("recalibrate_duplicate", stream=stream, episode=episode)
+                return False
+            if held is not None:
+                if self.stopping.wait(self.poll_s):
+                    raise TrainingAborted
+                if not waited:
+                    log.info("recalibrate_waiting", stream=stream, episode=episode, why="another trainer holds it")
+                    waited = True
+        self._lease = (claim, attempt, time.monotonic())
+        return True
+
+    def _renew(self) -> None:
+        """Extend the lease while the work goes on (a lease another attempt took over stays theirs)."""
+        if self._lease is None or time.monotonic() - self._lease[2] < self.lease_s / 4:
+            return
+        claim, attempt, _ = self._lease
+        self.registry.client.eval(_RENEW_IF, 1, claim, attempt, int(self.lease_s * 1000))
+        self._lease = (claim, attempt, time.monotonic())
 
     def _handled(self, claim: str | None, attempt: str) -> list[tuple[str, bytes]]:
         """The attempt's messages, once its episode is marked handled: a redelivery of the request (or the
@@ -232,8 +270,10 @@ class Trainer:
         return recent if recent.normal.sum() >= need else None
 
     def _check_stop(self, *_: float) -> None:
+        """Called after each epoch: stop on shutdown, else renew the request's lease."""
         if self.stopping.is_set():
             raise TrainingAborted
+        self._renew()
 
     def _active(self, topo: Topology) -> LoadedModel:
         version = self.registry.active_version(topo.name)

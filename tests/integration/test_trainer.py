@@ -330,23 +330,49 @@ def test_a_threshold_recalibration_keeps_the_training_range_and_the_models_windo
 
 
 def test_a_request_whose_trainer_died_is_handled_by_the_next_one(setup) -> None:  # type: ignore[no-untyped-def]
-    """The claim on a request lasted a day from the start: a trainer killed mid-request (OOM) left it
-    uncommitted, and the redelivery was dropped as a duplicate for a day. In progress it lasts only as
-    long as the work may; once handled, a day."""
+    """(Chaos test.) A trainer SIGKILLed mid-training left its claim for as long as the work might take (36
+    minutes with the defaults), and the redelivery to the next trainer was dropped as a duplicate: no retrain.
+    The claim is now a lease its attempt renews while it works: the next trainer waits for a dead one's lease
+    to lapse, then handles the request; once handled, it is a duplicate for a day."""
     topo, registry, _, _ = setup
     claim = f"{registry.prefix}:tr:trainer:episode:e-dead"
+    data = {"stream": "tr", "kind": "threshold", "since_ms": 0, "episode": "e-dead"}
     seen: list[int] = []
 
     class Observed(Trainer):
         def _threshold(self, topo, data):  # type: ignore[no-untyped-def]
-            seen.append(int(registry.client.ttl(claim)))  # what a trainer killed here would leave behind
+            seen.append(int(registry.client.pttl(claim)))  # what a trainer killed here would leave behind
             return super()._threshold(topo, data)
 
-    Observed({"tr": topo}, registry=registry).handle({"stream": "tr", "kind": "threshold", "since_ms": 0,
-                                                      "episode": "e-dead"})
-    limit = topo.retrain.wait_timeout_s + topo.retrain.max_train_seconds + 300
-    assert seen and 0 < seen[0] <= limit < 86_400
-    assert registry.client.ttl(claim) > 86_400 - 60  # handled (here: refused, no records): a day
+    registry.client.set(claim, "a-dead-attempt", px=1500)  # the lease of a trainer killed mid-work
+    trainer = Observed({"tr": topo}, registry=registry, poll_s=0.1, lease_s=1.5)
+    t0 = time.monotonic()
+    msgs = trainer.handle(data)
+    assert time.monotonic() - t0 > 1.0 and len(msgs) == 1  # waited for the lease, then handled (refused: no records)
+    assert seen and 0 < seen[0] <= 1500
+    assert registry.client.ttl(claim) > 86_400 - 60
+    assert trainer.handle(data) == []  # handled: a duplicate
+
+
+def test_a_long_training_renews_its_lease(setup) -> None:  # type: ignore[no-untyped-def]
+    """Training longer than the lease keeps the request: each epoch renews it, so another trainer that gets
+    the request meanwhile waits instead of training it a second time."""
+    topo, registry, res, _ = setup
+    s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
+    now = int(time.time() * 1000)
+    res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
+    claim = f"{registry.prefix}:tr:trainer:episode:e-long"
+    left: list[int] = []
+
+    class Slow(Trainer):
+        def _check_stop(self, *args: float) -> None:
+            time.sleep(0.3)  # an epoch; 6 of them outlast the 1 s lease
+            super()._check_stop(*args)
+            left.append(int(registry.client.pttl(claim)))
+
+    ev = _event(Slow({"tr": topo}, registry=registry, lease_s=1.0),
+                {"stream": "tr", "kind": "retrain", "since_ms": now, "episode": "e-long", "baseline_alert_rate": 0.01})
+    assert ev["action"] in ("activate", "refuse") and len(left) >= 4 and min(left) > 0
 
 
 def test_a_change_of_the_members_windows_is_not_judged_by_likelihood(setup) -> None:  # type: ignore[no-untyped-def]
