@@ -171,6 +171,7 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
                 monitor = StreamMonitor(topology, lambda: slot.pipeline, client=client, prefix=settings.redis.prefix,
                                         checkpoint_s=w.checkpoint_s, entity_ttl_s=w.entity_ttl_s)
                 slot.on_swap = lambda old, new, rb: monitor.on_swap(old, new, rollback=rb)
+                monitor.resume_guard()
                 guard = Rollbacks(registry, slot, topology)
                 async def after_batch(emission: Emission) -> None:  # committed: record its incidents, then judge
                     await asyncio.to_thread(monitor.save_incidents)

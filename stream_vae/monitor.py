@@ -98,6 +98,7 @@ def _event(type_: str, topology: Topology, data: dict[str, Any]) -> bytes:
     return json.dumps(envelope(type_, source=f"stream-vae/{topology.name}", data=data)).encode()
 
 
+_GUARD_TTL_S = 3600  # how long a swapped-in version waits for a guard's verdict across worker restarts
 _AHEAD_S = 60.0  # a Kafka timestamp further ahead of the worker's clock than this is a broken producer clock
 
 
@@ -240,6 +241,12 @@ class StreamMonitor:
         self._skip, self._unclaimed = {}, []  # the new model's monitors have seen nothing
         metrics.DRIFT_STATE.labels(self.topology.name).set(0)
         self.guard.start(new.version, previous=None if rollback else old.version, baseline_rate=self.baseline_rate)
+        if self.guard.active:  # a worker that starts on this version (this one crashed) guards it too
+            try:
+                self.client.set(self._guard_key(new.version), json.dumps(
+                    {"previous": old.version, "baseline_rate": self.baseline_rate}), ex=_GUARD_TTL_S)
+            except RedisError as exc:
+                log.warning("swap_guard_not_shared", stream=self.topology.name, error=type(exc).__name__)
         # an episode the new version opened stays: another worker swapped first and saw it drift (after a
         # rollback too: what the version opened before was closed when it was swapped out)
         self._close_episode = new.version
@@ -248,6 +255,28 @@ class StreamMonitor:
             self._close_episode = None
         except RedisError as exc:
             log.warning("drift_episode_not_closed", stream=self.topology.name, error=type(exc).__name__)
+
+    def _guard_key(self, version: str) -> str:
+        return f"{self.prefix}:{self.topology.name}:guard:{version}"
+
+    def resume_guard(self) -> None:
+        """At start-up: guard the serving version if a worker swapped to it and no guard has passed it yet.
+        The guard lived only in the worker that swapped: one killed right after a swap left the new version
+        unguarded (its successor loads it as the active version, with no swap), and a bad one stayed."""
+        pipeline = self.pipeline_of()
+        if pipeline is None or self.guard.active:
+            return
+        version = pipeline.model.version
+        try:
+            raw = self.client.get(self._guard_key(version))
+        except RedisError as exc:
+            log.warning("swap_guard_unavailable", stream=self.topology.name, error=type(exc).__name__)
+            return
+        if raw is None:
+            return
+        held = json.loads(raw)
+        self.guard.start(version, previous=held["previous"], baseline_rate=float(held["baseline_rate"]))
+        log.info("swap_guard_resumed", stream=self.topology.name, version=version, previous=held["previous"])
 
     def _monitor(self, partition: int, model: LoadedModel) -> DriftMonitor:
         mon = self._drift.get(partition)
@@ -431,6 +460,11 @@ class StreamMonitor:
                 w = n / self._baseline_n
                 self.baseline_rate = (1 - w) * self.baseline_rate + w * (k / n)
             verdict = self.guard.update(n, k)
+            if verdict is not None and not verdict.rollback:  # passed: a worker starting on it need not guard it
+                try:
+                    self.client.delete(self._guard_key(verdict.version))
+                except RedisError as exc:  # (it expires; a successor guards a good version once more)
+                    log.warning("swap_guard_not_cleared", stream=topo.name, error=type(exc).__name__)
         resolved = self._announced(pipeline, alerts, out.resolved)
         msgs += alert_messages(topo, alerts, resolved)
         if topo.alerts.group == "incident":

@@ -643,6 +643,43 @@ def test_an_incident_survives_a_crash_between_checkpoints(redis_url: str, redis_
     assert not [e for e in events(c, 70, 90) if e[1] == "t:0:20"], "C does not end it again"
 
 
+def test_a_worker_that_starts_on_a_freshly_swapped_version_guards_it(redis_url: str, redis_prefix: str) -> None:
+    """(Chaos test.) Worker A swapped to v2 and was SIGKILLed at once; its successor loaded v2 as the active
+    version (no swap), so no guard ran, and a v2 that flagged everything served for good. A successor now
+    resumes the guard from Redis and judges v2; once a guard passed a version, a later worker does not."""
+    base = iid_topology(fpr=0.01)
+    topo = base.model_copy(update={"name": "guard", "guard": base.guard.model_copy(update={"records": 200})})
+    v1 = loaded(train_model(iid_stream(1500, 0), topo), "v1")
+    v2 = loaded(train_model(iid_stream(1500, 1), topo), "v2")
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+
+    def worker(model: object) -> StreamMonitor:
+        pipeline = Pipeline(topo, model)  # type: ignore[arg-type]
+        return StreamMonitor(topo, lambda: pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+
+    a = worker(v1)
+    a.on_swap(v1, v2)
+    assert a.guard.active  # ... and A dies here
+    b = worker(v2)
+    b.resume_guard()
+    assert b.guard.active and (b.guard.version, b.guard.previous) == ("v2", "v1")
+    X = iid_stream(400, 2)
+    X[::2] += 40.0  # v2 flags half of what it sees (as a bad version would)
+    verdicts = [b.process(keyed_records(X[i:i + 100], ["host-a"] * 100)).rollback for i in range(0, 400, 100)]
+    assert [v.rollback for v in verdicts if v is not None] == [True]
+    c = worker(v2)
+    c.resume_guard()
+    assert c.guard.active  # judged bad, not yet rolled back: still guarded by a successor
+    good = worker(v2)
+    good.resume_guard()
+    for i in range(0, 400, 100):
+        good.process(keyed_records(iid_stream(100, 10 + i), ["host-b"] * 100))
+    assert not good.guard.active
+    late = worker(v2)
+    late.resume_guard()
+    assert not late.guard.active  # a guard passed v2: no one guards it again
+
+
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
     """Worker A scores host-a and stalls past the session timeout before its checkpoint; the group gives
     the partition to B, which scores on and saves. A learns it was expelled only when it wakes up, and
