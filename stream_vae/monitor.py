@@ -274,9 +274,14 @@ class StreamMonitor:
             return
         if raw is None:
             return
-        held = json.loads(raw)
-        self.guard.start(version, previous=held["previous"], baseline_rate=float(held["baseline_rate"]))
-        log.info("swap_guard_resumed", stream=self.topology.name, version=version, previous=held["previous"])
+        try:
+            held = json.loads(raw)
+            previous, baseline = str(held["previous"]), float(held["baseline_rate"])
+        except (ValueError, KeyError, TypeError):  # not what on_swap writes: no guard, but the worker starts
+            log.warning("swap_guard_unreadable", stream=self.topology.name, version=version)
+            return
+        self.guard.start(version, previous=previous, baseline_rate=baseline)
+        log.info("swap_guard_resumed", stream=self.topology.name, version=version, previous=previous)
 
     def _monitor(self, partition: int, model: LoadedModel) -> DriftMonitor:
         mon = self._drift.get(partition)

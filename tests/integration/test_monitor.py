@@ -678,6 +678,10 @@ def test_a_worker_that_starts_on_a_freshly_swapped_version_guards_it(redis_url: 
     late = worker(v2)
     late.resume_guard()
     assert not late.guard.active  # a guard passed v2: no one guards it again
+    client.set(f"{redis_prefix}:guard:guard:v2", "not json")
+    odd = worker(v2)
+    odd.resume_guard()  # an unreadable record does not stop the worker
+    assert not odd.guard.active
 
 
 def test_a_worker_expelled_from_the_group_does_not_save_over_its_successor(redis_url: str, redis_prefix: str) -> None:
