@@ -28,7 +28,7 @@ from stream_vae import metrics
 from stream_vae.calibrate import Calibrator
 from stream_vae.exceptions import REDIS_DOWN, ModelLoadError
 from stream_vae.hotswap import model_event
-from stream_vae.lifecycle import DELETE_IF
+from stream_vae.lifecycle import RedisEpisodeStore
 from stream_vae.lru import put
 from stream_vae.model.registry import LoadedModel, RedisModelRegistry, load_artifact, to_artifact
 from stream_vae.model.train import TrainedModel, train_model
@@ -208,7 +208,7 @@ class Trainer:
         except TrainingAborted:
             # the request is not committed: the trainer that gets it next must not wait for this lease
             if episode:
-                self.registry.client.eval(DELETE_IF, 1, claim, attempt)
+                RedisEpisodeStore(self.registry.client).delete(claim, if_value=attempt)
             log.info("recalibrate_aborted", stream=topo.name, episode=episode)
             return []
         except REDIS_DOWN:
@@ -225,11 +225,11 @@ class Trainer:
     def _claim(self, claim: str, attempt: str, stream: str, episode: str) -> bool:
         """Take the request's lease (False: it was handled already). Held by another attempt, it is that
         attempt's while it renews it: wait until it is handled (a duplicate) or lapses (its trainer died)."""
-        client, waited = self.registry.client, False
+        store, waited = RedisEpisodeStore(self.registry.client), False
         while True:
-            if client.set(claim, attempt, nx=True, px=int(self.lease_s * 1000)):
+            if store.set_if_absent(claim, attempt, self.lease_s):
                 break
-            held = _text(client.get(claim))
+            held = store.get(claim)
             if held == attempt:
                 break
             if held == "1":
@@ -337,7 +337,3 @@ class Trainer:
         log.info("candidate_activated", stream=topo.name, version=art.version, previous=active.version, **evidence)
         return topo.control.model_topic, model_event(topo.name, version=art.version, digest=art.manifest["sha256"],
                                                      action="activate", previous=active.version)
-
-
-def _text(v: Any) -> str | None:
-    return v.decode() if isinstance(v, bytes) else v
