@@ -60,6 +60,46 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
     )
 
 
+class FlakyRedis:
+    """A real Redis client whose commands fail the way they do while Redis restarts.
+
+    ``fail_next(command, when=..., times=1)``: the next ``times`` calls of ``command`` whose arguments
+    satisfy ``when`` raise ``redis.ConnectionError``; with ``down`` set every command does. Everything
+    else goes to ``client``. ``failures`` counts the errors raised.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.down = False
+        self.failures = 0
+        self._plans: dict[str, list[Any]] = {}
+
+    def fail_next(self, command: str, *, when: Callable[..., bool] | None = None, times: int = 1) -> None:
+        self._plans[command] = [times, when]
+
+    def _fail(self, why: str) -> None:
+        import redis
+
+        self.failures += 1
+        raise redis.ConnectionError(why)
+
+    def __getattr__(self, name: str) -> Any:
+        if self.down:
+            self._fail("Redis down")
+        attr = getattr(self.client, name)
+        plan = self._plans.get(name)
+        if plan is None:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if plan[0] > 0 and (plan[1] is None or plan[1](*args, **kwargs)):
+                plan[0] -= 1
+                self._fail(f"Redis restarting ({name})")
+            return attr(*args, **kwargs)
+
+        return call
+
+
 def write_topology(path: Path, topology: Any) -> Path:
     import yaml
 

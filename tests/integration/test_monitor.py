@@ -18,7 +18,7 @@ from stream_vae.state import redis_client, split_entities
 from stream_vae.testing import iid_stream, iid_topology, keyed_records, loaded
 from stream_vae.topology import Topology
 
-from .helpers import settings
+from .helpers import FlakyRedis, settings
 
 pytestmark = pytest.mark.integration
 
@@ -280,30 +280,14 @@ def test_a_redis_error_at_a_swap_neither_unguards_the_new_model_nor_keeps_the_ol
     error closing the old model's drift episode left the new version unguarded (no automatic rollback)
     and the old episode holding back its alerts. The guard starts all the same; the episode closes at
     the next batch."""
-    import redis as redis_py
 
     topo = iid_topology().model_copy(update={"name": "swapfail"})
     v1 = loaded(train_model(iid_stream(1500, 0), topo), "v1")
     v2 = loaded(train_model(iid_stream(1500, 1), topo), "v2")
     client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
 
-    class FailsOnce:
-        def __init__(self) -> None:
-            self.fail = True
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(client, name)
-
-        def _once(self) -> None:
-            if self.fail:
-                self.fail = False
-                raise redis_py.ConnectionError("Redis restarting")
-
-        def get(self, key: str) -> object:
-            self._once()
-            return client.get(key)
-
-    failing = FailsOnce()
+    failing = FlakyRedis(client)
+    failing.fail_next("get")
     pipeline = Pipeline(topo, v1)
     monitor = StreamMonitor(topo, lambda: pipeline, client=failing, prefix=redis_prefix, checkpoint_s=3600)
     episode = f"{redis_prefix}:swapfail:drift:episode"
@@ -311,18 +295,18 @@ def test_a_redis_error_at_a_swap_neither_unguards_the_new_model_nor_keeps_the_ol
     monitor.on_swap(pipeline.swap(v2), v2)
     assert monitor.guard.active and monitor.guard.version == "v2"
     monitor.process(keyed_records(iid_stream(20, 3), ["host-a"] * 20))
-    assert client.get(episode) is None
+    assert client.get(episode) is None and failing.failures == 1
 
     # again, and before the deferred close another worker, already on v2, sees v2 drift and opens an
     # episode: the close is the old model's, it leaves v2's episode open (it deleted whatever was there)
-    failing.fail = True
+    failing.fail_next("get")
     v3 = loaded(train_model(iid_stream(1500, 2), topo), "v3")
     client.set(episode, "drift-of-v2", px=900_000)
     monitor.on_swap(pipeline.swap(v3), v3)
     v3_claim = json.dumps({"id": "drift-of-v3", "at": None, "request": {"model_version": "v3"}})
     client.set(episode, v3_claim, px=900_000)
     monitor.process(keyed_records(iid_stream(20, 4), ["host-a"] * 20))
-    assert client.get(episode) == v3_claim.encode()
+    assert client.get(episode) == v3_claim.encode() and failing.failures == 2
 
 
 def test_a_batch_that_fails_after_scoring_is_read_again_on_the_state_it_found(
@@ -421,20 +405,11 @@ def test_a_drift_found_by_a_batch_that_failed_is_reported_when_it_is_read_again(
 def test_idle_incidents_end_on_a_quiet_stream_while_redis_is_down(redis_url: str, redis_prefix: str) -> None:
     """Ending an idle incident needs Kafka only. The drift gauge's read of the episode (Redis) came first
     in tick(), and while Redis was down it raised: a quiet stream's idle ends were never published."""
-    import redis as redis_py
 
     topo, _ = _incident_monitor("tickdown", 1.0, redis_url, redis_prefix)
     client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
 
-    class Down:
-        down = False
-
-        def __getattr__(self, name: str) -> object:
-            if self.down:
-                raise redis_py.ConnectionError("Redis down")
-            return getattr(client, name)
-
-    down = Down()
+    down = FlakyRedis(client)
     pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
     monitor = StreamMonitor(topo, lambda: pipeline, client=down, prefix=redis_prefix, checkpoint_s=0.5)
     X = iid_stream(20, 3)
@@ -446,7 +421,7 @@ def test_idle_incidents_end_on_a_quiet_stream_while_redis_is_down(redis_url: str
     time.sleep(1.5)
     down.down = True
     ends = [json.loads(m.value)["data"]["incident"] for m in monitor.tick()]
-    assert ("t:0:15", "idle") in [(e["id"], e["reason"]) for e in ends]
+    assert ("t:0:15", "idle") in [(e["id"], e["reason"]) for e in ends] and down.failures > 0
 
 
 def test_a_redis_error_while_resuming_an_entity_is_retried_not_taken_for_no_saved_state(
@@ -467,23 +442,13 @@ def test_a_redis_error_while_resuming_an_entity_is_retried_not_taken_for_no_save
     recs = keyed_records(X, ["host-a"] * 60)
     client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
 
-    class FailsOnce:
-        fail = True
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(client, name)
-
-        def mget(self, keys: list[str]) -> object:
-            if self.fail:
-                self.fail = False
-                raise redis_py.ConnectionError("Redis restarting")
-            return client.mget(keys)
-
+    flaky = FlakyRedis(client)
+    flaky.fail_next("mget")
     a, saved_a = Pipeline(topo, model), EntityCheckpoints(client, prefix=redis_prefix, stream=topo.name)
     out = a.process_batch(recs[:40], resume=saved_a.resume)
     saved_a.touched(["host-a"] * 40, [0] * 40)
     saved_a.save(a)
-    b, saved_b = Pipeline(topo, model), EntityCheckpoints(FailsOnce(), prefix=redis_prefix, stream=topo.name)
+    b, saved_b = Pipeline(topo, model), EntityCheckpoints(flaky, prefix=redis_prefix, stream=topo.name)
     with pytest.raises(redis_py.ConnectionError):
         b.process_batch(recs[40:], resume=saved_b.resume)
     again = b.process_batch(recs[40:], resume=saved_b.resume)

@@ -16,7 +16,7 @@ from stream_vae.synth import generate
 from stream_vae.testing import quick_model, synth_topology
 from stream_vae.trainer import Trainer
 
-from .helpers import settings
+from .helpers import FlakyRedis, settings
 
 pytestmark = pytest.mark.integration
 
@@ -452,31 +452,15 @@ def test_a_retried_attempt_publishes_its_own_outcome_once(setup, fails: str) -> 
     now, and one activation is published."""
     import functools
 
-    import redis as redis_py
-
     from stream_vae.app import _redis_retried
 
     topo, registry, res, _ = setup
-    client, fired = registry.client, []
-
-    class Flaky:
-        def __getattr__(self, name: str) -> object:
-            return getattr(client, name)
-
-        def _once(self, hit: bool) -> None:
-            if hit and not fired:
-                fired.append(1)
-                raise redis_py.ConnectionError("Redis restarting")
-
-        def set(self, *args: object, **kwargs: object) -> object:
-            self._once(fails.startswith("the claim") and kwargs.get("ex") == 86_400)
-            return client.set(*args, **kwargs)
-
-        def get(self, key: str) -> object:
-            self._once(fails.startswith("the active") and str(key).endswith(":active"))
-            return client.get(key)
-
-    trainer = Trainer({"tr": topo}, registry=RedisModelRegistry(Flaky(), prefix=registry.prefix), poll_s=0.1)
+    flaky = FlakyRedis(registry.client)
+    if fails.startswith("the claim"):
+        flaky.fail_next("set", when=lambda *args, **kwargs: kwargs.get("ex") == 86_400)
+    else:
+        flaky.fail_next("get", when=lambda key: str(key).endswith(":active"))
+    trainer = Trainer({"tr": topo}, registry=RedisModelRegistry(flaky, prefix=registry.prefix), poll_s=0.1)
     s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
     now = int(time.time() * 1000)
     res.add(s.X, s.entities, [now] * len(s.X), [True] * len(s.X))
@@ -487,5 +471,5 @@ def test_a_retried_attempt_publishes_its_own_outcome_once(setup, fails: str) -> 
         msgs = asyncio.run(_redis_retried(functools.partial(trainer.handle, attempt="a1"), data))
     events = [json.loads(body)["data"] for _, body in msgs]
     added = {v["version"] for v in registry.list_versions("tr")} - before
-    assert fired and [e["action"] for e in events] == ["activate"] and added == {events[0]["version"]}
+    assert flaky.failures == 1 and [e["action"] for e in events] == ["activate"] and added == {events[0]["version"]}
     assert registry.active_version("tr") == events[0]["version"]
