@@ -117,12 +117,12 @@ def test_robust_score_is_sum_of_log1p_scaled_contributions_and_survives_the_arti
     res = m.scorer().score_many(X)
     scale = m.vae.get_buffer("score_scale").double().numpy()
     assert scale.shape == (len(topo.features),)
-    # 1 % of the held-out windows (quick_model's data, the newest share) exceed their feature's scale
-    from stream_vae.model.train import _windows_and_keys
+    # 1 % of the held-out windows (a block of each entity of quick_model's data) exceed their feature's scale
+    from stream_vae.model.train import _windows_and_keys, holdout
 
     tr = generate(n_steps=300, anomaly_rate=0.0, seed=0)
-    W, *_ = _windows_and_keys(m.scaler.transform(tr.X), tr.entities, topo.window)
-    val = W[-max(20, int(len(W) * topo.model.validation_fraction)) :]
+    W, keys, _ = _windows_and_keys(m.scaler.transform(tr.X), tr.entities, topo.window)
+    val = W[holdout(keys, topo.model.validation_fraction)[0]]
     exceed = (m.scorer().score_many(val).contributions > scale * (1 + 1e-6)).mean(0)
     assert np.all(exceed <= 0.01 + 1 / len(val)) and exceed.mean() > 0.005, exceed
     np.testing.assert_allclose(res.score, np.log1p(res.contributions / scale).sum(1), rtol=1e-5)
@@ -275,6 +275,38 @@ def test_training_windows_are_the_pipelines_windows(center: bool, period: int, g
     assert out.result is not None
     held_out = out.result.score[normal][-n_val:]
     np.testing.assert_allclose(np.sort(held_out), m.calibrator.reference, rtol=1e-4, atol=1e-4)
+
+
+def test_several_entities_each_hold_out_a_block_of_their_history_at_a_different_point() -> None:
+    """With several entities the held-out windows (early stopping, calibration) are a block of each
+    entity's own history, each at a different point of it, so they span every entity and the whole
+    time range, and every entity is trained on; the threshold's reference is exactly the pipeline's
+    scores of those records. (Held out before: the newest tenth of every entity with window 1, one
+    phase of a seasonal stream; the entities that came last, whole and untrained, with longer windows.)"""
+    from stream_vae.model.train import _windows_and_keys, holdout, train_model
+    from stream_vae.trainer import replay
+
+    topo = synth_topology(window=4, model={"latent_dim": 3, "hidden": [16, 8], "epochs": 3, "kl_warmup_epochs": 1})
+    s = generate(n_entities=3, n_steps=600, anomaly_rate=0.0, seed=2)
+    keys = list(s.entities)
+    m = train_model(s.X, topo, entities=keys)
+    _, wkeys, ends = _windows_and_keys(s.X, keys, topo.window)
+    val, fit = holdout(wkeys, topo.model.validation_fraction, topo.window)
+    held = np.zeros(len(keys), dtype=bool)
+    held[ends[val]] = True
+    out = replay(topo, loaded(m), s.X, keys)
+    assert out.result is not None
+    np.testing.assert_allclose(np.sort(out.result.score[held]), m.calibrator.reference, rtol=1e-4, atol=1e-4)
+    for i, host in enumerate(dict.fromkeys(keys)):  # in order of first appearance
+        rows = np.flatnonzero(np.asarray(keys) == host)
+        block = np.flatnonzero(held[rows])  # positions in the host's own history
+        assert len(block) == 120 and block[-1] - block[0] == 119  # a fifth of 600 records, contiguous
+        assert block[-1] + 1 == round((i + 1) / 3 * 600)  # ending at 1/3, 2/3 and the newest record
+    # the three windows after a block read its records: neither trained on nor held out (not for the last)
+    assert int((~val & ~fit).sum()) == 2 * (topo.window - 1)
+    # ... unless that would leave out more than the blocks hold: 100 entities of 5 windows, window 10
+    val, fit = holdout([f"e{i}" for i in range(100) for _ in range(5)], 0.2, window=10)
+    assert val.sum() == 100 and np.array_equal(fit, ~val)
 
 
 def test_seasonal_period_survives_the_artifact_and_needs_enough_rows() -> None:
