@@ -102,7 +102,7 @@ def train(
     topo = _topology(topology)
     registry = _registry(s)  # fail fast on Redis before training
     _torch(s)
-    X, ents = rows_to_matrix(read_rows(input, topo, note=_note), topo)
+    X, ents = rows_to_matrix(read_rows(input, topo, note=_note), topo, note=_note)
     with Progress(transient=True, disable=json_out) as prog:
         task = prog.add_task(f"training {topo.name} on {len(X)} rows", total=topo.model.epochs)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from stream_vae.exceptions import ConfigError
 from stream_vae.records import FloatArray
-from stream_vae.topology import Topology
+from stream_vae.topology import Feature, Topology
 
 
 def read_rows(
@@ -44,7 +44,8 @@ def _read(p: Path, topology: Topology) -> list[dict[str, Any]]:
             raise ConfigError(f"{p}: array shape {arr.shape}, topology '{topology.name}' needs [N, {len(names)}]")
         rows: list[dict[str, Any]] = []
         for i, x in enumerate(arr.tolist()):
-            r: dict[str, Any] = dict(zip(names, x, strict=True))
+            r: dict[str, Any] = {f.name: _typed(f, v, where=f"{p}: row {i}")
+                                 for f, v in zip(topology.features, x, strict=True)}
             if topology.key_field:
                 r[topology.key_field] = "0"
             if topology.timestamp_field:
@@ -61,11 +62,8 @@ def _read(p: Path, topology: Topology) -> list[dict[str, Any]]:
         out = []
         for line, r in enumerate(reader, start=2):
             row: dict[str, Any] = {}
-            for n in names:
-                try:
-                    row[n] = float(r[n])
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{p}:{line}: column '{n}' is not a number: {r[n]!r}") from None
+            for feat in topology.features:
+                row[feat.name] = _typed(feat, r[feat.name], where=f"{p}:{line}")
             for f in keep:
                 v: Any = r[f]
                 if f == topology.timestamp_field and isinstance(v, str) and v.lstrip("-").isdigit():
@@ -77,13 +75,40 @@ def _read(p: Path, topology: Topology) -> list[dict[str, Any]]:
         return out
 
 
-def rows_to_matrix(rows: list[dict[str, Any]], topology: Topology) -> tuple[FloatArray, list[str] | None]:
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+
+
+def _typed(feature: Feature, value: Any, *, where: str) -> float | int | bool:
+    """A cell as the JSON value a record of this feature carries: a worker dead-letters a bool feature
+    sent as 0.0, so a training file replayed with ``produce`` must send true/false (and ints as ints)."""
+    n = feature.name
+    if feature.type == "bool":
+        b = _BOOLS.get(str(value).strip().lower()) if not isinstance(value, bool) else value
+        if b is None:
+            raise ConfigError(f"{where}: column '{n}' is a bool feature: expected true/false or 1/0, got {value!r}")
+        return b
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: column '{n}' is not a number: {value!r}") from None
+    if feature.type == "int" and math.isfinite(x):
+        if not x.is_integer():
+            raise ConfigError(f"{where}: column '{n}' is an int feature, got {value!r}")
+        return int(x)
+    return x
+
+
+def rows_to_matrix(
+    rows: list[dict[str, Any]], topology: Topology, *, note: Callable[[str], None] | None = None
+) -> tuple[FloatArray, list[str] | None]:
     X = np.asarray([[r[n] for n in topology.feature_names] for r in rows], dtype=np.float64)
     finite = np.asarray(np.isfinite(X).all(axis=1), dtype=bool)
     if not finite.all():
         bad = int((~finite).sum())
         if bad > len(X) * 0.05:
             raise ConfigError(f"{bad} of {len(X)} training rows have non-finite values; clean the file first")
+        if note:
+            note(f"{bad} of {len(X)} rows have NaN or infinite values and are left out")
         X = X[finite]
         rows = [r for r, ok in zip(rows, finite, strict=True) if ok]
     ents = [str(r.get(topology.key_field, "")) for r in rows] if topology.key_field else None
