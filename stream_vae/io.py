@@ -26,7 +26,12 @@ def read_rows(
         raise ConfigError(f"{p}: input file not found")
     if not p.is_file():
         raise ConfigError(f"{p}: not a file")
-    rows = _read(p, topology)
+    try:
+        rows = _read(p, topology)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason}): save the file as UTF-8") from None
+    except ValueError as e:  # numpy: an object array, a truncated or foreign .npy file
+        raise ConfigError(f"{p}: {e}") from None
     if not rows:
         raise ConfigError(f"{p}: no data rows")
     if note and topology.key_field and rows[0].get(topology.key_field) == "0" and all(

@@ -68,3 +68,16 @@ def test_rows_left_out_for_nan_are_counted_in_a_note(tmp_path: Path) -> None:
     notes: list[str] = []
     X, _ = rows_to_matrix(read_rows(csv, TOPO), TOPO, note=notes.append)
     assert len(X) == 39 and notes == ["1 of 40 rows have NaN or infinite values and are left out"]
+
+
+def test_a_file_that_is_not_utf8_or_not_a_plain_array_is_named(tmp_path: Path) -> None:
+    """A Latin-1 CSV gave "'utf-8' codec can't decode byte 0xe9" and an object array numpy's own words,
+    neither naming the file."""
+    csv = tmp_path / "latin1.csv"
+    csv.write_bytes("svc,p99,retries,degraded\ncaf\u00e9,1.0,0,0\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.csv: not UTF-8 text"):
+        read_rows(csv, TOPO)
+    npy = tmp_path / "objects.npy"
+    np.save(npy, np.array([[1, "a", None]], dtype=object), allow_pickle=True)
+    with pytest.raises(ConfigError, match=r"objects\.npy: Object arrays cannot be loaded"):
+        read_rows(npy, TOPO)

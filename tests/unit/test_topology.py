@@ -58,6 +58,11 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
         ({"alerts": {"anomaly_topic": "in"}}, "<root>"),
         ({"input_topic": ""}, "<root>"),
         ({"input_topic": "my topic"}, "<root>"),
+        # the other topics too: Kafka refused them only when the worker first wrote one (an alert lost)
+        ({"alerts": {"anomaly_topic": "alerts anomaly"}}, "<root>"),
+        ({"alerts": {"dlq_topic": "dead/letters"}}, "<root>"),
+        ({"alerts": {"audit_topic": "audit:x"}}, "<root>"),
+        ({"control": {"model_topic": "control model"}}, "<root>"),
         ({"key_field": "t", "timestamp_field": "t"}, "<root>"),
         ({"features": [{"name": ""}]}, "features.0.name"),
         ({"drift": {"tests": []}}, "drift.tests"),
