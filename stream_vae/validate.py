@@ -121,6 +121,9 @@ class Validator:
             k = obj.get(topo.key_field)
             if k is None:
                 return Rejection(rec, "missing_field", f"key field '{topo.key_field}' is missing or null")
+            if isinstance(k, bool | dict | list):  # str() would make Python text of it: "True", "{'a': 1}"
+                return Rejection(rec, "wrong_type", f"key field '{topo.key_field}' must be a string or a number, "
+                                                    f"got {k!r:.40}")
             key = str(k)
         elif rec.key is not None:
             # binary keys (serialised integers) stay distinct: an invalid byte becomes \xNN, not U+FFFD

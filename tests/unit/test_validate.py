@@ -46,6 +46,10 @@ def test_valid_record_becomes_a_row() -> None:
         (json.dumps({**GOOD, "a": True}).encode(), "wrong_type"),
         (json.dumps({**GOOD, "n": 1.5}).encode(), "wrong_type"),
         (json.dumps({**GOOD, "flag": 1}).encode(), "wrong_type"),
+        # a key that is an object, a list or a boolean became the Python text of it: "{'name': 'api'}", "True"
+        (json.dumps({**GOOD, "k": {"name": "api"}}).encode(), "wrong_type"),
+        (json.dumps({**GOOD, "k": ["api"]}).encode(), "wrong_type"),
+        (json.dumps({**GOOD, "k": True}).encode(), "wrong_type"),
         (b'{"k": "e", "ts": 1, "a": NaN, "b": 1, "n": 1, "flag": false}', "non_finite"),
         (b'{"k": "e", "ts": 1, "a": Infinity, "b": 1, "n": 1, "flag": false}', "non_finite"),
         (json.dumps({**GOOD, "b": 11}).encode(), "out_of_range"),
@@ -55,6 +59,11 @@ def test_valid_record_becomes_a_row() -> None:
 def test_bad_records_are_rejected_with_reason(value: bytes | None, reason: str) -> None:
     """Each kind of bad input is rejected with its own reason code."""
     assert _one(value) == (0, [reason])
+
+
+def test_a_numeric_key_is_its_text() -> None:
+    ok, bad = Validator(TOPO).validate([RawRecord(json.dumps({**GOOD, "k": 42}).encode())])
+    assert not bad and ok.keys == ["42"]
 
 
 def test_rejection_keeps_origin() -> None:
