@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -32,6 +34,9 @@ def friendly(fn: F) -> F:
             raise
         except StreamVAEError as exc:
             fail(str(exc))
+        except BrokenPipeError:  # `stream-vae alerts | head -1`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            raise typer.Exit(0) from None
         except OSError as exc:  # a missing file, a directory where a file was meant, no permission
             fail(f"{exc.strerror or type(exc).__name__}: {exc.filename}" if exc.filename
                  else str(exc) or type(exc).__name__)  # a bare TimeoutError has no message

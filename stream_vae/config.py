@@ -58,6 +58,14 @@ class KafkaSettings(_Frozen):
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is empty: give host:port[,host:port...]")
         return ",".join(hosts)
 
+    @field_validator("ssl_cafile")
+    @classmethod
+    def _cafile(cls, v: str | None) -> str | None:
+        # checked when the settings are read: the TLS context failed later with a bare "[Errno 2] No such file"
+        if v is not None and not os.path.isfile(v):
+            raise ValueError(f"CA file {v!r} not found (or not a file)")
+        return v
+
     @model_validator(mode="after")
     def _sasl_needs_a_sasl_protocol(self) -> KafkaSettings:
         # aiokafka ignores a mechanism under PLAINTEXT/SSL while faust would speak SASL: the two clients

@@ -96,3 +96,30 @@ def test_tls_protocols_get_an_ssl_context(proto: str) -> None:
                        sasl_username="u").client_kwargs()  # type: ignore[arg-type]
     assert isinstance(kw["ssl_context"], ssl.SSLContext)
     assert "ssl_context" not in KafkaSettings().client_kwargs()
+
+
+def test_a_missing_ca_file_is_named_when_the_settings_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TLS context failed later with a bare '[Errno 2] No such file or directory', naming neither."""
+    monkeypatch.setenv("STREAM_VAE_KAFKA__SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("STREAM_VAE_KAFKA__SSL_CAFILE", "/nonexistent/ca.pem")
+    with pytest.raises(ValidationError, match=r"CA file '/nonexistent/ca\.pem' not found"):
+        Settings()
+
+
+def test_a_closed_pipe_ends_a_verb_quietly(tmp_path: object) -> None:
+    """`stream-vae alerts ... | head -1` ended in 'error: [Errno 32] Broken pipe', exit 2."""
+    import subprocess
+    import sys
+
+    script = ("from stream_vae.clierrors import friendly\n"
+              "import typer\n"
+              "app = typer.Typer()\n"
+              "@app.command()\n"
+              "@friendly\n"
+              "def verb() -> None:\n"
+              "    for i in range(200_000):\n"
+              "        typer.echo(f'line {i}')\n"
+              "app()\n")
+    out = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -c \"$0\" | head -1", script],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "line 0\n", "")
