@@ -128,13 +128,24 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
     return kw
 
 
+def faust_logging() -> dict[str, Any]:
+    """faust.App settings that keep our log handler (and the root level configure_logging set): a faust
+    worker replaces the root logger's handlers with its own plain-text one, whose lines broke
+    one-JSON-object-per-line logs (see logging.py)."""
+    from stream_vae.logging import library_handler
+
+    handler = library_handler()
+    return {} if handler is None else {
+        "logging_config": {"version": 1, "disable_existing_loggers": False}, "loghandlers": [handler]}
+
+
 def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | None = None) -> faust.App:
     """A faust app that scores ``topology``'s input topic with the stream's active model."""
     w = settings.worker
     set_torch_threads(w.torch_threads)
     app = faust.App(
         f"stream-vae-{topology.name}-{socket.gethostname()}",
-        **faust_broker_kwargs(settings),
+        **faust_broker_kwargs(settings), **faust_logging(),
         store="memory://",
         # faust keeps a data directory; under the temp dir it works on a read-only root filesystem
         datadir=os.path.join(tempfile.gettempdir(), "stream-vae-{conf.name}-data"),
@@ -252,7 +263,7 @@ def create_trainer_app(settings: Settings, topologies: dict[str, Topology], *,
     set_torch_threads(w.torch_threads)
     app = faust.App(
         settings.kafka.trainer_group_id,  # one consumer group: each request is handled by one trainer replica
-        **faust_broker_kwargs(settings),
+        **faust_broker_kwargs(settings), **faust_logging(),
         store="memory://",
         datadir=os.path.join(tempfile.gettempdir(), "stream-vae-{conf.name}-data"),
         web_enabled=True, web_bind=w.http_host, web_port=w.http_port, web_host=socket.gethostname(),
