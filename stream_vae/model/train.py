@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import structlog
 import torch
 
 from stream_vae.calibrate import Calibrator, ScoreSmoother
@@ -25,6 +26,7 @@ from stream_vae.records import BoolArray, FloatArray
 from stream_vae.topology import ModelSpec, Topology
 
 Progress = Callable[[int, int, float, float], None]  # epoch, epochs, train_loss, val_loss
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -217,6 +219,14 @@ def train_model(
     if normal is not None and len(normal) != len(X):
         raise ConfigError(f"normal has {len(normal)} flags for {len(X)} training rows")
     n_train = len(X) if normal is None else int(np.count_nonzero(normal))
+    learn = X if normal is None else X[np.asarray(normal, dtype=bool)]
+    spread = learn.std(axis=0) if len(learn) else np.ones(X.shape[1])
+    constant = [f for f, sd in zip(topology.feature_names, spread, strict=True) if sd == 0]
+    if constant:  # the model learns it never moves: any other value later scores as far out as the scale allows
+        log.warning("constant_features", stream=topology.name, features=constant[:20],
+                    values=[float(learn[0, topology.feature_names.index(f)]) for f in constant[:20]],
+                    why="every other value will score at the scaler's cap (a critical alert); train on data "
+                        "where they vary, or leave them out of the topology")
     X, entities, period, kept = _seasonal(X, entities, topology)
     use = np.ones(len(X), dtype=bool) if normal is None else np.asarray(normal, dtype=bool)[kept]
     if use.sum() < 100:

@@ -343,3 +343,23 @@ def test_training_windows_of_keys_that_differ_by_a_trailing_nul_stay_apart() -> 
     W, wkeys, ends = _windows_and_keys(X, ["a", "a\0", "a", "a\0"], 2)
     assert len(W) == 4 and wkeys == ["a", "a", "a\0", "a\0"] and ends.tolist() == [0, 2, 1, 3]
     assert W[1].tolist() == [0.0, 1.0, 4.0, 5.0]  # 'a' rows 0 and 2, never an 'a\0' row
+
+
+def test_a_feature_constant_in_training_is_named_in_a_warning() -> None:
+    """A feature that never moved in training (retries always 0 in a quiet week) makes every later value
+    score at the scaler's cap, a critical alert, and nothing said so at training."""
+    from structlog.testing import capture_logs
+
+    from stream_vae.model.train import train_model
+
+    topo = synth_topology(model={"latent_dim": 2, "hidden": [8], "epochs": 1, "kl_warmup_epochs": 0})
+    s = generate(n_steps=200, anomaly_rate=0.0, seed=1)
+    X = s.X.copy()
+    X[:, 6] = 0.0  # errors
+    with capture_logs() as logs:
+        train_model(X, topo, entities=list(s.entities))
+    warned = [e for e in logs if e["event"] == "constant_features"]
+    assert len(warned) == 1 and warned[0]["features"] == [topo.feature_names[6]] and warned[0]["values"] == [0.0]
+    with capture_logs() as logs:
+        train_model(s.X, topo, entities=list(s.entities))
+    assert not [e for e in logs if e["event"] == "constant_features"]
