@@ -174,7 +174,7 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
 
         async def _run(self) -> None:
             try:
-                client = redis_client(settings.redis)
+                client = redis_client(settings.redis, check=False)  # wait_for_model retries while Redis is down
                 registry = RedisModelRegistry.for_settings(client, settings, signing_key=signing_key)
                 slot = ModelSlot(registry, topology, poll_s=w.model_poll_s)
                 state.slot = slot
@@ -182,7 +182,8 @@ def create_app(settings: Settings, topology: Topology, *, signing_key: bytes | N
                 monitor = StreamMonitor(topology, lambda: slot.pipeline, client=client, prefix=settings.redis.prefix,
                                         checkpoint_s=w.checkpoint_s, entity_ttl_s=w.entity_ttl_s)
                 slot.on_swap = lambda old, new, rb: monitor.on_swap(old, new, rollback=rb)
-                monitor.resume_guard()
+                slot.after_swap = monitor.after_swap
+                await asyncio.to_thread(monitor.resume_guard)  # (Redis: off the event loop)
                 guard = Rollbacks(registry, slot, topology)
                 async def after_batch(emission: Emission) -> None:  # committed: record its incidents, then judge
                     await asyncio.to_thread(monitor.save_incidents)

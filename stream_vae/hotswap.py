@@ -18,7 +18,7 @@ import numpy as np
 import structlog
 
 from stream_vae import metrics
-from stream_vae.exceptions import ModelLoadError
+from stream_vae.exceptions import REDIS_DOWN, ModelLoadError
 from stream_vae.model.registry import LoadedModel, RedisModelRegistry, version_sequence
 from stream_vae.pipeline import Pipeline
 from stream_vae.topology import Topology
@@ -48,7 +48,8 @@ class ModelSlot:
         self.topology = topology
         self.poll_s = poll_s
         self.pipeline: Pipeline | None = None
-        self.on_swap: SwapHook | None = None
+        self.on_swap: SwapHook | None = None  # right after a swap, on the event loop: memory only
+        self.after_swap: Callable[[], None] | None = None  # then, in a thread: its I/O
         self.swaps = 0
         self.swap_pauses_ms: list[float] = []
         self._last_check = 0.0
@@ -64,26 +65,32 @@ class ModelSlot:
 
     async def wait_for_model(self, *, stop: asyncio.Event | None = None) -> Pipeline:
         """Block until the stream has an active, loadable model; build the pipeline on it."""
-        waited = False
+        waited, pause = False, 0.5
         while True:
-            version = await asyncio.to_thread(self.registry.active_version, self.topology.name)
-            if version and version not in self._refused:
-                try:
+            if stop is not None and stop.is_set():
+                raise asyncio.CancelledError
+            version = None
+            try:
+                version = await asyncio.to_thread(self.registry.active_version, self.topology.name)
+                if version and version not in self._refused:
                     model = await asyncio.to_thread(self.load, version)
-                except ModelLoadError as exc:
-                    self._refused.add(version)
-                    log.error("model_refused", version=version, error=str(exc))
-                else:
                     self.pipeline = Pipeline(self.topology, model)
                     self._publish_metrics(model)
                     log.info("model_loaded", version=version, threshold=model.calibrator.threshold)
                     return self.pipeline
+            except ModelLoadError as exc:
+                self._refused.add(str(version))
+                log.error("model_refused", version=version, error=str(exc))
+            except REDIS_DOWN as exc:  # a worker that started while Redis hung had failed for good
+                log.warning("redis_unavailable_retrying", stream=self.topology.name,
+                            error=f"{type(exc).__name__}: {exc}"[:300], retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 5.0)
+                continue
             if not waited:
                 log.warning("waiting_for_model", stream=self.topology.name,
                             hint="train one: stream-vae train --topology <file> --input <csv|npy>")
                 waited = True
-            if stop is not None and stop.is_set():
-                raise asyncio.CancelledError
             await asyncio.sleep(min(self.poll_s, 1.0))
 
     def request(self, version: str, *, rollback: bool = False) -> None:
@@ -107,7 +114,10 @@ class ModelSlot:
                 self._refused.add(version)
                 log.error("model_refused", version=version, error=str(exc))
                 return False
-            return self._swap(model, rollback=rollback)
+            swapped = self._swap(model, rollback=rollback)
+            if self.after_swap is not None:  # its Redis writes, in a thread: the event loop keeps heartbeats
+                await asyncio.to_thread(self.after_swap)
+            return swapped
         target: tuple[str, bool] | None = self._requested
         self._requested = None
         now = time.monotonic()

@@ -213,7 +213,8 @@ class StreamMonitor:
         self._checkpoint_due = False
         # a swap could not close the old model's drift episode: close it first thing, keeping one opened by
         # this version (the new model's)
-        self._close_episode: str | None = None
+        self._close_episode: str | None = None  # on_swap's Redis writes, done by the next batch or tick
+        self._share_guard: tuple[str, dict[str, Any]] | None = None
         # what the drift monitors were fed in this pass (partition -> last offset), and the signals they raised
         # that no episode claim holds yet: if the pass fails, the batch read again feeds them only the records
         # they have not seen (fed twice, a detector that fired and reset would not fire again) and raises those
@@ -234,27 +235,42 @@ class StreamMonitor:
     def on_swap(self, old: LoadedModel, new: LoadedModel, *, rollback: bool = False) -> None:
         """A new version is active: fresh drift reference, guard it (unless this is a rollback).
 
-        The model is already swapped when this runs, and runs once: what it does in the worker comes first,
-        and a Redis error closing the old episode is retried at the next batch (raised out of here, it left
-        the new version unguarded and the old model's episode holding back its alerts)."""
+        The model is already swapped when this runs, and runs once, on the event loop: it changes only the
+        worker's memory. Its Redis writes (share the guard, close the old model's episode) are
+        :meth:`after_swap`'s, which the worker runs next in a thread: a swap while Redis hung froze the event
+        loop for 20 s here (no heartbeat: the worker was expelled from its group and its batch scored again
+        by another)."""
         self._drift.clear()
         self._skip, self._unclaimed = {}, []  # the new model's monitors have seen nothing
         metrics.DRIFT_STATE.labels(self.topology.name).set(0)
         self.guard.start(new.version, previous=None if rollback else old.version, baseline_rate=self.baseline_rate)
-        if self.guard.active:  # a worker that starts on this version (this one crashed) guards it too
-            try:
-                self.client.set(self._guard_key(new.version), json.dumps(
-                    {"previous": old.version, "baseline_rate": self.baseline_rate}), ex=_GUARD_TTL_S)
-            except RedisError as exc:
-                log.warning("swap_guard_not_shared", stream=self.topology.name, error=type(exc).__name__)
+        # a worker that starts on this version (this one crashed) guards it too
+        self._share_guard = (new.version, {"previous": old.version, "baseline_rate": self.baseline_rate}) \
+            if self.guard.active else None
         # an episode the new version opened stays: another worker swapped first and saw it drift (after a
         # rollback too: what the version opened before was closed when it was swapped out)
         self._close_episode = new.version
+
+    def after_swap(self) -> None:
+        """The Redis half of :meth:`on_swap`: a close that fails is tried again before the next batch."""
         try:
-            self.policy.close_episode(keep_version=new.version)
-            self._close_episode = None
+            self._after_swap()
         except RedisError as exc:
             log.warning("drift_episode_not_closed", stream=self.topology.name, error=type(exc).__name__)
+
+    def _after_swap(self) -> None:
+        """A failed share is logged and dropped (the guard runs here all the same); a failed close raises
+        (before a batch: the batch is read again)."""
+        if self._share_guard is not None:
+            version, guard = self._share_guard
+            self._share_guard = None
+            try:
+                self.client.set(self._guard_key(version), json.dumps(guard), ex=_GUARD_TTL_S)
+            except RedisError as exc:
+                log.warning("swap_guard_not_shared", stream=self.topology.name, error=type(exc).__name__)
+        if self._close_episode is not None:
+            self.policy.close_episode(keep_version=self._close_episode)
+            self._close_episode = None
 
     def _guard_key(self, version: str) -> str:
         return f"{self.prefix}:{self.topology.name}:guard:{version}"
@@ -332,6 +348,7 @@ class StreamMonitor:
         idle incidents resolved."""
         self._save_if_due()
         self.save_incidents()
+        self.after_swap()  # (a close that failed; the idle ends below need Kafka only)
         if time.monotonic() - self._last_ckpt <= self.checkpoint_s:
             return []
         messages = self._periodic()
@@ -388,13 +405,24 @@ class StreamMonitor:
         self._save_drift({p: m for p in partitions if (m := self._drift.pop(p, None)) is not None})
         log.info("partitions_released", stream=self.topology.name, partitions=sorted(partitions), entities=saved)
 
+    def drop(self, partitions: Collection[int]) -> None:
+        """A batch of ``partitions`` was scored but its offsets could not be committed (the worker lost its
+        group membership, or the broker refused the commit): forget their entities and drift monitors
+        unsaved, as a crash would, so the batch is read again on the last saved state, here or by the next
+        owner, never on state that already holds it."""
+        pipeline = self.pipeline_of()
+        gone = self.entities.drop(pipeline, partitions) if pipeline is not None else []
+        self._incidents.difference_update(gone)
+        for p in partitions:
+            self._drift.pop(p, None)
+        log.warning("partitions_dropped_unsaved", stream=self.topology.name, partitions=sorted(partitions),
+                    entities=len(gone))
+
     # -- the batch -----------------------------------------------------------------------------
     def process(self, records: list[RawRecord]) -> Emission:
         self._save_if_due()
         self.save_incidents()
-        if self._close_episode is not None:  # (a Redis error here: the hot loop reads the batch again: retried)
-            self.policy.close_episode(keep_version=self._close_episode)
-            self._close_episode = None
+        self._after_swap()  # (a Redis error here: the hot loop reads the batch again: retried)
         pipeline = self.pipeline_of()
         episode, replayed = self.policy.current(records)
         undo = _Undo(pipeline, functools.partial(self.entities.resume, pipeline=pipeline))

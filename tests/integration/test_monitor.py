@@ -293,6 +293,7 @@ def test_a_redis_error_at_a_swap_neither_unguards_the_new_model_nor_keeps_the_ol
     episode = f"{redis_prefix}:swapfail:drift:episode"
     client.set(episode, "drift-of-v1", px=900_000)
     monitor.on_swap(pipeline.swap(v2), v2)
+    monitor.after_swap()
     assert monitor.guard.active and monitor.guard.version == "v2"
     monitor.process(keyed_records(iid_stream(20, 3), ["host-a"] * 20))
     assert client.get(episode) is None and failing.failures == 1
@@ -303,6 +304,7 @@ def test_a_redis_error_at_a_swap_neither_unguards_the_new_model_nor_keeps_the_ol
     v3 = loaded(train_model(iid_stream(1500, 2), topo), "v3")
     client.set(episode, "drift-of-v2", px=900_000)
     monitor.on_swap(pipeline.swap(v3), v3)
+    monitor.after_swap()
     v3_claim = json.dumps({"id": "drift-of-v3", "at": None, "request": {"model_version": "v3"}})
     client.set(episode, v3_claim, px=900_000)
     monitor.process(keyed_records(iid_stream(20, 4), ["host-a"] * 20))
@@ -567,6 +569,7 @@ def test_a_rollback_keeps_the_episode_its_version_opened_since(redis_url: str, r
         claim = json.dumps({"id": f"drift-of-{opened_by}", "at": None, "request": {"model_version": opened_by}})
         client.set(episode, claim, px=900_000)
         monitor.on_swap(v2, v1, rollback=True)
+        monitor.after_swap()
         assert (client.get(episode) is not None) is kept, opened_by
 
 
@@ -624,6 +627,7 @@ def test_a_worker_that_starts_on_a_freshly_swapped_version_guards_it(redis_url: 
 
     a = worker(v1)
     a.on_swap(v1, v2)
+    a.after_swap()
     assert a.guard.active  # ... and A dies here
     b = worker(v2)
     b.resume_guard()
@@ -696,3 +700,31 @@ def test_the_owner_of_a_partition_keeps_saving_when_redis_lost_its_ownership_num
     monitor.process(recs[20:])
     monitor.checkpoint()
     assert client.get(key) != first and int(client.get(owner)) == 7
+
+
+def test_a_swap_leaves_redis_to_after_swap(redis_url: str, redis_prefix: str) -> None:
+    """(Chaos test) A swap while Redis hung froze the worker's event loop for 20 s in on_swap's Redis writes:
+    no heartbeat, the worker was expelled from its group, and another scored its batch again. on_swap now
+    changes memory only; after_swap (which the worker runs in a thread) shares the guard and closes the old
+    episode, and while Redis is down it logs and leaves the close for the next batch."""
+    topo = iid_topology().model_copy(update={"name": "swapio"})
+    v1 = loaded(train_model(iid_stream(1500, 0), topo), "v1")
+    v2 = loaded(train_model(iid_stream(1500, 1), topo), "v2")
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    flaky = FlakyRedis(client)
+    pipeline = Pipeline(topo, v1)
+    monitor = StreamMonitor(topo, lambda: pipeline, client=flaky, prefix=redis_prefix, checkpoint_s=3600)
+    episode = f"{redis_prefix}:swapio:drift:episode"
+    client.set(episode, "drift-of-v1", px=900_000)
+    flaky.down = True
+    monitor.on_swap(pipeline.swap(v2), v2)
+    assert flaky.failures == 0 and monitor.guard.active and monitor.guard.version == "v2"
+    monitor.after_swap()  # Redis down: logged, not raised
+    assert flaky.failures > 0 and client.get(episode) is not None
+    flaky.down = False
+    monitor.process(keyed_records(iid_stream(20, 3), ["host-a"] * 20))
+    assert client.get(episode) is None
+    assert client.get(f"{redis_prefix}:swapio:guard:v2") is None  # a failed share is dropped, not retried
+    monitor.on_swap(pipeline.swap(v1), v1)
+    monitor.after_swap()
+    assert json.loads(client.get(f"{redis_prefix}:swapio:guard:v1"))["previous"] == "v2"

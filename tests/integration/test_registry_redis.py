@@ -238,3 +238,30 @@ def test_a_worker_whose_registry_was_wiped_says_so_once_and_keeps_serving(regist
             asyncio.run(slot.check(force=True))
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["model_registry_empty"]
     assert slot.pipeline is not None and slot.pipeline.model.version == "v1"
+
+
+def test_a_worker_that_starts_while_redis_is_down_waits_for_it(redis_url: str, redis_prefix: str) -> None:
+    """(Chaos test) A worker that started while Redis hung logged worker_failed on its first read of the
+    active version and never tried again, alive with /healthz 500, even after Redis came back. It now
+    retries with back-off and loads the model once Redis answers."""
+    import asyncio
+
+    from stream_vae.hotswap import ModelSlot
+
+    from .helpers import FlakyRedis
+
+    topo = synth_topology("late", epochs=2)
+    client = redis_client(settings("unused:1", redis_url, redis_prefix).redis)
+    RedisModelRegistry(client, prefix=redis_prefix).register(quick_model(topo, steps=300), activate=True)
+    flaky = FlakyRedis(client)
+    flaky.down = True
+    slot = ModelSlot(RedisModelRegistry(flaky, prefix=redis_prefix), topo, poll_s=0.1)
+
+    async def scenario() -> str:
+        task = asyncio.ensure_future(slot.wait_for_model())
+        await asyncio.sleep(1.2)
+        assert not task.done() and flaky.failures >= 2
+        flaky.down = False
+        return (await asyncio.wait_for(task, 10)).model.version
+
+    assert asyncio.run(scenario()) == "v1"
