@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stream_vae import metrics
 from stream_vae.config import Settings
@@ -230,10 +231,23 @@ class HotLoop:
                             self._after_pending = await self._process(got)
                         except REDIS_DOWN:
                             # not committed: read the batch again (at-least-once, as after a restart)
-                            for tp, msgs in got.items():
-                                if msgs and tp in consumer.assignment():
-                                    consumer.seek(tp, msgs[0].offset)
+                            self._read_again(got)
                             raise
+                        except KafkaError as exc:
+                            # scored, perhaps published, not committed (a worker frozen past its session
+                            # timeout is expelled: CommitFailedError): as after a crash, its partitions'
+                            # state is dropped unsaved and the batch read again, here or by the next owner
+                            log.error("batch_not_committed", error=f"{type(exc).__name__}: {exc}"[:300],
+                                      partitions=sorted({tp.partition for tp in got}))
+                            drop = getattr(self.processor, "drop", None)
+                            if drop is not None:
+                                await _housekeeping(drop, {tp.partition for tp in got}, failed="drop_failed")
+                            self._read_again(got)
+                            if failures >= 5:  # not a lost membership: a broker that refuses every commit
+                                raise
+                            await asyncio.sleep(_RETRY_S[min(failures, len(_RETRY_S) - 1)])
+                            failures += 1
+                            continue
                         # committed: a Redis error from here on retries this step alone, never the batch
                         # (reading a committed batch again would score and alert it twice)
                         await self._finish_batch()
@@ -247,6 +261,12 @@ class HotLoop:
                     await asyncio.sleep(pause)
         finally:
             await self.close()
+
+    def _read_again(self, got: dict[TopicPartition, list[Any]]) -> None:
+        assert self._consumer is not None
+        for tp, msgs in got.items():
+            if msgs and tp in self._consumer.assignment():
+                self._consumer.seek(tp, msgs[0].offset)
 
     async def _tick(self) -> None:
         if self.on_tick is None:

@@ -250,6 +250,16 @@ class EntityCheckpoints:
             pipe.hdel(self.open_prefix + str(p), *gone)
         return len(states)
 
+    def drop(self, pipeline: Any, partitions: Collection[int]) -> list[str]:
+        """Forget the entities of ``partitions`` here without saving them (a batch of theirs could not be
+        committed: their state holds it); whoever reads them next resumes the last saved state. Returns
+        the keys forgotten."""
+        gone = [k for k, p in self._held.items() if p in partitions]
+        pipeline.forget(gone)
+        forget(self._held, gone)
+        self._dirty.difference_update(gone)
+        return gone
+
     def release(self, pipeline: Any, partitions: Collection[int]) -> int:
         """Partitions moved to another worker: save their entities, then forget them here."""
         gone = [k for k, p in self._held.items() if p in partitions]

@@ -468,3 +468,59 @@ def test_a_redis_error_after_the_commit_does_not_score_the_batch_again(kafka_boo
     loop = asyncio.run(main())
     assert loop.stats.scored == len(rows) and loop.stats.committed == len(rows), loop.stats
     assert sum(seen) == len(rows) + seen[0] and seen[0] == seen[1]  # the failed step was retried, alone
+
+
+def test_a_batch_whose_commit_fails_is_read_again_and_the_worker_goes_on(
+        kafka_bootstrap: str, redis_url: str, redis_prefix: str) -> None:
+    """(Chaos test) A worker frozen past its session timeout is expelled, and its next commit raises
+    CommitFailedError: that ended the hot loop for good (alive, /healthz 500, never consuming again). Now
+    the batch's partitions are dropped unsaved, as a crash would leave them, and the batch is read again;
+    every record is scored and committed, the failed batch twice (at-least-once)."""
+    from aiokafka.errors import CommitFailedError
+
+    from stream_vae.monitor import StreamMonitor
+
+    name = f"cf{uuid.uuid4().hex[:6]}"
+    topo = synth_topology(name, epochs=4)
+    s = settings(kafka_bootstrap, redis_url, redis_prefix, max_batch=200)
+    client = redis_client(s.redis)
+    registry = RedisModelRegistry(client, prefix=redis_prefix)
+    registry.register(quick_model(topo), activate=True)
+    rows = generate(n_steps=100, t0=1200, anomaly_rate=0.0, seed=3).rows
+    processed: list[int] = []
+    dropped: list[set[int]] = []
+
+    async def scenario() -> list[tuple[int, int]]:
+        await ensure_topics(s.kafka, {topo.input_topic: 1})
+        await produce_rows(s.kafka, topo.input_topic, list(rows), key_field="entity")
+        slot = ModelSlot(registry, topo, poll_s=0.5)
+        await slot.wait_for_model()
+        monitor = StreamMonitor(topo, lambda: slot.pipeline, client=client, prefix=redis_prefix, checkpoint_s=3600)
+        process, drop = monitor.process, monitor.drop
+        monitor.process = lambda recs: processed.append(len(recs)) or process(recs)  # type: ignore[method-assign]
+        monitor.drop = lambda parts: dropped.append(set(parts)) or drop(parts)  # type: ignore[method-assign]
+        scored: list[tuple[int, int]] = []
+        loop = HotLoop(monitor, settings=s, topology=topo,
+                       after_batch=lambda em: scored.extend((r.partition, r.offset) for r in em.outcome.scored))
+        await loop.start()
+        assert loop._consumer is not None
+        commit, failed = loop._consumer.commit, []
+
+        async def flaky_commit(offsets: object) -> None:
+            if not failed:
+                failed.append(1)
+                raise CommitFailedError("expelled from the group")
+            await commit(offsets)
+
+        loop._consumer.commit = flaky_commit  # type: ignore[method-assign]
+
+        async def stopper() -> None:
+            await _until(lambda: loop.stats.scored >= len(rows), 60)
+            loop.request_stop()
+
+        await asyncio.gather(loop.run(), stopper())
+        return scored
+
+    scored = asyncio.run(scenario())
+    assert Counter(scored) == Counter((0, i) for i in range(len(rows)))  # each committed once
+    assert dropped == [{0}] and sum(processed) == len(rows) + processed[0]  # the first batch, twice
