@@ -163,6 +163,11 @@ class Trainer:
         self._lease: tuple[str, str, float] | None = None  # (claim key, attempt, when last renewed)
         self.stopping = threading.Event()  # set on shutdown: training stops after the current epoch
         self._finished: OrderedDict[str, list[tuple[str, bytes]]] = OrderedDict()  # attempt -> its messages
+        # attempt -> the candidate it decided to activate, until registered: a Redis error while registering
+        # retries the registration alone (it retrained, and registered a second version besides the first,
+        # whose activation had run late, after Redis came back)
+        self._pending: OrderedDict[str, tuple[Topology, TrainedModel, LoadedModel, dict[str, Any]]] = OrderedDict()
+        self._attempt = ""
 
     def reservoir(self, topo: Topology) -> Reservoir:
         return Reservoir(self.registry.client, prefix=self.registry.prefix, stream=topo.name,
@@ -202,8 +207,12 @@ class Trainer:
             return []
         kind = "threshold" if data.get("kind") == "threshold" else "retrain"
         log.info("recalibrate_started", stream=topo.name, kind=kind, episode=episode, reason=data.get("reason"))
+        self._attempt = attempt
         try:
-            msgs = self._threshold(topo, data) if kind == "threshold" else self._retrain(topo, data)
+            if attempt in self._pending:
+                msgs = [self._register(*self._pending[attempt])]
+            else:
+                msgs = self._threshold(topo, data) if kind == "threshold" else self._retrain(topo, data)
             outcome = "activated" if b'"activate"' in msgs[0][1] else "refused"
         except TrainingAborted:
             # the request is not committed: the trainer that gets it next must not wait for this lease
@@ -333,7 +342,18 @@ class Trainer:
 
     def _register(self, topo: Topology, model: TrainedModel, active: LoadedModel,
                   evidence: dict[str, Any]) -> tuple[str, bytes]:
-        art = self.registry.register(model, activate=True)
+        attempt = self._attempt
+        retry = attempt in self._pending
+        put(self._pending, attempt, (topo, model, active, evidence), 16)
+        model.origin = attempt
+        # a try of this attempt that Redis interrupted may have stored (and activated) it: that one, not another
+        version = self.registry.find_origin(topo.name, attempt) if retry else None
+        if version is None:
+            art = self.registry.register(model, activate=True)
+        else:
+            self.registry.activate(topo.name, version)  # (a no-op if it is active)
+            art = self.registry.get(topo.name, version)
+        self._pending.pop(attempt, None)
         log.info("candidate_activated", stream=topo.name, version=art.version, previous=active.version, **evidence)
         return topo.control.model_topic, model_event(topo.name, version=art.version, digest=art.manifest["sha256"],
                                                      action="activate", previous=active.version)

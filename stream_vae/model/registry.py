@@ -105,6 +105,7 @@ def to_artifact(model: TrainedModel, version: str, *, signing_key: bytes | None 
         "calibration": model.calibrator.to_dict(),
         "reference": model.reference,
         "n_train": model.n_train,
+        **({"origin": model.origin} if model.origin else {}),
         "sha256": hashlib.sha256(weights).hexdigest(),
     }
     if signing_key:
@@ -336,6 +337,19 @@ class RedisModelRegistry:
                 }
             )
         return out
+
+    def find_origin(self, stream: str, origin: str) -> str | None:
+        """The version whose manifest says ``origin`` made it (the newest; None: none kept)."""
+        try:
+            versions = sorted((_text(v) for v in self.client.zrange(self._k(stream, "versions"), 0, -1)),
+                              key=version_sequence, reverse=True)
+            for version in versions:
+                raw = self.client.get(self._k(stream, "model", version, "manifest"))
+                if raw is not None and json.loads(raw).get("origin") == origin:
+                    return version
+        except Exception as exc:
+            raise _store_error(exc) from None
+        return None
 
     def streams(self) -> list[str]:
         return sorted({k.decode().split(":")[-2] for k in self.client.scan_iter(f"{self.prefix}:*:versions")})

@@ -41,6 +41,7 @@ class TrainedModel:
     history: list[dict[str, float]] = field(default_factory=list)
     n_train: int = 0
     seasonal_period: int = 0  # resolved ModelSpec.seasonal_period: 0 = no seasonal differences
+    origin: str = ""  # what made it (the trainer's attempt id), kept in the manifest to find it again
 
     def scorer(self, version: str = "unregistered") -> VAEScorer:
         return VAEScorer(self.vae, n_features=len(self.topology.features), model_version=version)

@@ -64,7 +64,8 @@ class FlakyRedis:
     """A real Redis client whose commands fail the way they do while Redis restarts.
 
     ``fail_next(command, when=..., times=1)``: the next ``times`` calls of ``command`` whose arguments
-    satisfy ``when`` raise ``redis.ConnectionError``; with ``down`` set every command does. Everything
+    satisfy ``when`` raise ``redis.ConnectionError``; with ``after`` they run first (a command that timed
+    out while Redis hung still runs once it resumes). With ``down`` set every command fails. Everything
     else goes to ``client``. ``failures`` counts the errors raised.
     """
 
@@ -74,8 +75,9 @@ class FlakyRedis:
         self.failures = 0
         self._plans: dict[str, list[Any]] = {}
 
-    def fail_next(self, command: str, *, when: Callable[..., bool] | None = None, times: int = 1) -> None:
-        self._plans[command] = [times, when]
+    def fail_next(self, command: str, *, when: Callable[..., bool] | None = None, times: int = 1,
+                  after: bool = False) -> None:
+        self._plans[command] = [times, when, after]
 
     def _fail(self, why: str) -> None:
         import redis
@@ -94,6 +96,8 @@ class FlakyRedis:
         def call(*args: Any, **kwargs: Any) -> Any:
             if plan[0] > 0 and (plan[1] is None or plan[1](*args, **kwargs)):
                 plan[0] -= 1
+                if plan[2]:
+                    attr(*args, **kwargs)
                 self._fail(f"Redis restarting ({name})")
             return attr(*args, **kwargs)
 

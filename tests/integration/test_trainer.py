@@ -444,12 +444,15 @@ def test_a_request_the_trainer_cannot_read_is_skipped_with_a_reason(value: bytes
     assert parse_request(b'{"data": {"stream": "tr", "since_ms": 5}}') == {"stream": "tr", "since_ms": 5}
 
 
-@pytest.mark.parametrize("fails", ["the claim marked handled", "the active version's read"])
+@pytest.mark.parametrize("fails", ["the claim marked handled", "the active version's read",
+                                   "the activation, which runs late"])
 def test_a_retried_attempt_publishes_its_own_outcome_once(setup, fails: str) -> None:  # type: ignore[no-untyped-def]
     """Redis fails once (1) where the request is marked handled, after the candidate was activated: the
     retry trained and activated a second one, and the first's event was never published; (2) where the
-    registry reads the active version: reported as StateStoreError, it refused the request. Each is retried
-    now, and one activation is published."""
+    registry reads the active version: reported as StateStoreError, it refused the request; (3) (chaos
+    test) at the activation, which times out and runs once Redis resumes: the retry recalibrated again
+    and registered a second version (or, judged against the first, refused it while the first was active
+    unannounced). Each is retried now: one version added, one activation published."""
     import functools
 
     from stream_vae.app import _redis_retried
@@ -458,8 +461,10 @@ def test_a_retried_attempt_publishes_its_own_outcome_once(setup, fails: str) -> 
     flaky = FlakyRedis(registry.client)
     if fails.startswith("the claim"):
         flaky.fail_next("set", when=lambda *args, **kwargs: kwargs.get("ex") == 86_400)
-    else:
+    elif fails.startswith("the active"):
         flaky.fail_next("get", when=lambda key: str(key).endswith(":active"))
+    else:
+        flaky.fail_next("eval", when=lambda script, *args: "LPUSH" in script, after=True)
     trainer = Trainer({"tr": topo}, registry=RedisModelRegistry(flaky, prefix=registry.prefix), poll_s=0.1)
     s = generate(n_steps=600, t0=1000, seed=5, drift_at=1000, anomaly_rate=0.0)
     now = int(time.time() * 1000)
