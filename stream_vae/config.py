@@ -135,6 +135,11 @@ class WorkerSettings(_Frozen):
     http_port: int = Field(default=8080, ge=0, le=65535)
     max_batch: int = Field(default=5000, ge=1)
     poll_timeout_ms: int = Field(default=200, ge=1)
+    start_from: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="where a consumer group with no committed offset starts: the oldest retained record "
+                    "(nothing missed) or the next one written (a new stream on a busy topic: no backlog of alerts)",
+    )
     torch_threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads per process")
     model_poll_s: float = Field(default=5.0, gt=0, description="how often to re-read the active model pointer")
     checkpoint_s: float = Field(default=10.0, gt=0, description="how often entity and drift state is saved to Redis")

@@ -170,7 +170,7 @@ class HotLoop:
             **kw,
             group_id=self.group_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset=w.start_from,  # (a group with committed offsets goes on from them)
             max_poll_records=w.max_batch,
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=8 << 20,
