@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -238,14 +239,37 @@ def alerts(
     else:
         topics = ["alerts.anomaly", "alerts.drift"]
 
+    seen: Counter[str | None] = Counter()
+    printed = 0
+
     async def run() -> None:
+        nonlocal printed
         async for m in tail(s.kafka, topics, follow=follow, from_beginning=from_beginning):
             line = _printable(m, name)
             if line is not None:
                 typer.echo(line)
                 sys.stdout.flush()
+                printed += 1
+            else:
+                seen[_stream_of(m)] += 1
 
     asyncio.run(run())
+    if not printed:  # say why nothing came: a typo in a topic or stream name printed nothing, exit 0
+        _note(f"{', '.join(topics)}: {'no messages' if not seen else f'{sum(seen.values())} messages'}"
+              + (f", none of stream '{name}' (streams seen: {sorted(str(k) for k in seen)[:10]})" if seen else "")
+              + ("" if from_beginning else " since the start"))
+
+
+def _stream_of(m: Any) -> str | None:
+    """The stream a message names: an alert's ``data.stream``, a dead letter's header."""
+    for k, v in m.headers or ():
+        if k == "stream-vae.stream":
+            return str(v.decode("utf-8", "replace"))
+    try:
+        data = json.loads(m.value).get("data", {})
+        return str(data["stream"]) if isinstance(data, dict) and "stream" in data else None
+    except (TypeError, ValueError, AttributeError):  # not JSON, not an object
+        return None
 
 
 def _printable(m: Any, stream: str | None) -> str | None:

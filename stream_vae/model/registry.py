@@ -248,6 +248,11 @@ class RedisModelRegistry:
             raise _store_error(exc) from None
         if w is None or m is None:
             hint = f" (versions are named like v{version})" if version.isdigit() else ""
+            try:
+                if not self.client.exists(self._k(stream, "versions")):  # a typo in the stream's name?
+                    hint += f"; no model of stream '{stream}' at all (streams with models: {self.streams()[:10]})"
+            except Exception:  # the hint only
+                pass
             raise ModelLoadError(f"model {version} of stream '{stream}' not found in the registry{hint}")
         try:
             manifest = json.loads(m)

@@ -211,3 +211,28 @@ def test_a_second_worker_on_a_busy_port_says_which_setting_to_change(env: dict[s
 def test_validate_topologies_takes_a_file_too() -> None:
     r = cli("validate-topologies", str(Path(__file__).resolve().parents[2] / "topologies" / "demo.yaml"))
     assert r.returncode == 0 and r.stdout.startswith("ok  demo"), r.stderr
+
+
+def test_alerts_says_why_nothing_was_printed(env: dict[str, str]) -> None:
+    """A typo in --topic or --stream printed nothing and exited 0: now a note says the topic held nothing,
+    or which streams its messages were of."""
+    import asyncio
+    import uuid
+
+    from stream_vae.config import KafkaSettings
+    from stream_vae.kafka import produce_rows
+
+    topic = f"al{uuid.uuid4().hex[:6]}"
+    out = cli("alerts", "--topic", f"{topic}-typo", env=env, timeout=60)
+    assert out.returncode == 0 and out.stdout == "" and f"note: {topic}-typo: no messages" in out.stderr
+    alert = {"type": "io.stream-vae.anomaly", "data": {"stream": "svc_latency"}}
+    asyncio.run(produce_rows(KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"]), topic, [alert] * 3))
+    out = cli("alerts", "--topic", topic, "--stream", "svc-latency", env=env, timeout=60)
+    assert out.stdout == "" and "3 messages, none of stream 'svc-latency' (streams seen: ['svc_latency'])" in out.stderr
+    out = cli("alerts", "--topic", topic, "--stream", "svc_latency", env=env, timeout=60)
+    assert len(out.stdout.splitlines()) == 3 and "note:" not in out.stderr
+
+
+def test_activating_a_version_of_a_misspelled_stream_says_so(env: dict[str, str]) -> None:
+    out = cli("models", "activate", "v4", "--stream", "no_such_stream", env=env, timeout=60)
+    assert out.returncode == 2 and "no model of stream 'no_such_stream' at all (streams with models:" in out.stderr
