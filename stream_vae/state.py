@@ -93,7 +93,8 @@ class EntityCheckpoints:
     :meth:`save` (every checkpoint interval, and for the partitions it loses on a rebalance,
     :meth:`release`, and at shutdown), and passes :meth:`resume` to ``Pipeline.process_batch``:
     the first time it meets an entity it reads that entity's saved state, once. A crash loses at most
-    the updates since the last save; a graceful stop or a rebalance loses none. Entities with an open
+    the updates since the last save; a graceful stop or a rebalance loses none (unless Redis is down then:
+    ``entity_state_released_unsaved`` says so). Entities with an open
     incident are also listed per input partition (``{prefix}:{stream}:open:{partition}``), and a
     worker given a partition reads them at once (:meth:`adopt`), so it can resolve an incident whose
     key has gone quiet (``alerts.incident_idle_s``) without waiting for a record that may never come.
@@ -264,6 +265,10 @@ class EntityCheckpoints:
         """Partitions moved to another worker: save their entities, then forget them here."""
         gone = [k for k, p in self._held.items() if p in partitions]
         n = self.save(pipeline, gone)
+        unsaved = self._dirty.intersection(gone)
+        if unsaved:  # Redis down: a rebalance cannot wait for it (and this worker may not get them back)
+            log.warning("entity_state_released_unsaved", partitions=sorted(partitions), entities=len(unsaved),
+                        why="Redis unavailable: their next owner resumes their last saved state, as after a crash")
         pipeline.forget(gone)
         forget(self._held, gone)
         self._dirty.difference_update(gone)

@@ -728,3 +728,24 @@ def test_a_swap_leaves_redis_to_after_swap(redis_url: str, redis_prefix: str) ->
     monitor.on_swap(pipeline.swap(v1), v1)
     monitor.after_swap()
     assert json.loads(client.get(f"{redis_prefix}:swapio:guard:v1"))["previous"] == "v2"
+
+
+def test_a_rebalance_while_redis_is_down_says_the_state_it_could_not_save(redis_url: str, redis_prefix: str) -> None:
+    """(Chaos test) A rebalance during a Redis hang released partitions whose entities could not be saved:
+    they were forgotten without a word (the next owner resumes their last saved state, as after a crash)."""
+    from structlog.testing import capture_logs
+
+    from stream_vae.state import EntityCheckpoints
+
+    topo = iid_topology().model_copy(update={"name": "relunsaved"})
+    pipeline = Pipeline(topo, loaded(train_model(iid_stream(1500, 0), topo)))
+    flaky = FlakyRedis(redis_client(settings("unused:1", redis_url, redis_prefix).redis))
+    saved = EntityCheckpoints(flaky, prefix=redis_prefix, stream=topo.name)
+    pipeline.process_batch(keyed_records(iid_stream(20, 1), ["host-a"] * 20), resume=saved.resume)
+    saved.touched(["host-a"] * 20, [3] * 20)
+    flaky.down = True
+    with capture_logs() as logs:
+        assert saved.release(pipeline, {3}) == 0
+    assert [(e["event"], e["entities"]) for e in logs if e["event"] == "entity_state_released_unsaved"] == [
+        ("entity_state_released_unsaved", 1)]
+    assert pipeline.snapshot({"host-a"}) == pipeline.snapshot(set())  # forgotten here all the same
