@@ -170,8 +170,8 @@ def _check_port(s: Settings) -> None:
         try:
             sock.bind((w.http_host, w.http_port))
         except OSError as exc:
-            fail(f"cannot listen on {w.http_host}:{w.http_port} ({exc.strerror}): another worker on this host? "
-                 "Set STREAM_VAE_WORKER__HTTP_PORT")
+            fail(f"cannot listen on {w.http_host}:{w.http_port} ({exc.strerror}): another stream-vae worker or "
+                 "trainer on this host (both serve their probes there)? Set STREAM_VAE_WORKER__HTTP_PORT")
 
 
 async def _ensure_topics(s: Settings, topo: Any) -> None:

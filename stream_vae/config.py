@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log_format: LogFormat = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:  # STREAM_VAE_LOG_LEVEL=DEBUG is the usual spelling
+        return v.lower() if isinstance(v, str) else v
     topology_dir: str = Field(default="topologies", description="where `validate-topologies` looks by default")
     model_signing_key: SecretStr | None = Field(
         default=None, description="HMAC key: manifests are signed on register and verified before load"

@@ -123,3 +123,10 @@ def test_a_closed_pipe_ends_a_verb_quietly(tmp_path: object) -> None:
     out = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -c \"$0\" | head -1", script],
                          capture_output=True, text=True, timeout=60, check=False)
     assert (out.returncode, out.stdout, out.stderr) == (0, "line 0\n", "")
+
+
+def test_log_level_in_capitals_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAM_VAE_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("STREAM_VAE_LOG_FORMAT", "Console")
+    s = Settings()
+    assert (s.log_level, s.log_format) == ("debug", "console")
