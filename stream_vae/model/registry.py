@@ -425,9 +425,10 @@ def _text(v: Any) -> str:
 
 
 def _store_error(exc: Exception) -> StateStoreError:
-    return StateStoreError(
-        f"Redis model registry: {type(exc).__name__}: {exc}. Check REDIS_URL / STREAM_VAE_REDIS__URL"
-    )
+    # a timeout is Redis reached but not answering (busy, paused, failing over), not a wrong address
+    timeout = "Timeout" in type(exc).__name__
+    hint = "Redis did not answer in time" if timeout else "Check REDIS_URL / STREAM_VAE_REDIS__URL"
+    return StateStoreError(f"Redis model registry: {type(exc).__name__}: {exc}. {hint}")
 
 
 def export_artifact(art: Artifact, directory: str | Path) -> Path:

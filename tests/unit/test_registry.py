@@ -129,3 +129,13 @@ def test_export_refuses_a_version_that_is_not_a_plain_name(trained, tmp_path: Pa
     with pytest.raises(ModelLoadError, match="plain name"):
         export_artifact(dataclasses.replace(art, manifest={**art.manifest, "version": version}), tmp_path / "out")
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_registry_timeout_does_not_send_the_user_to_check_the_url() -> None:
+    """(Chaos test) Redis hung: 'TimeoutError ... Check REDIS_URL' sent the reader after a wrong address."""
+    import redis
+
+    from stream_vae.model.registry import _store_error
+
+    assert str(_store_error(redis.TimeoutError("Timeout reading from socket"))).endswith("Redis did not answer in time")
+    assert "Check REDIS_URL" in str(_store_error(redis.ConnectionError("Error 111 connecting")))
