@@ -10,7 +10,6 @@ import asyncio
 import functools
 import os
 import socket
-import ssl
 import tempfile
 import time
 import uuid
@@ -115,7 +114,7 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
         "broker_rebalance_timeout": k.rebalance_timeout_ms / 1000,
         "broker_heartbeat_interval": max(0.5, k.session_timeout_ms / 4000),
     }
-    ctx = ssl.create_default_context(cafile=k.ssl_cafile) if k.security_protocol in ("SSL", "SASL_SSL") else None
+    ctx = k.ssl_context()
     if k.sasl_mechanism:
         kw["broker_credentials"] = faust.SASLCredentials(
             username=k.sasl_username,

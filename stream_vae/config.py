@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -58,14 +59,6 @@ class KafkaSettings(_Frozen):
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is empty: give host:port[,host:port...]")
         return ",".join(hosts)
 
-    @field_validator("ssl_cafile")
-    @classmethod
-    def _cafile(cls, v: str | None) -> str | None:
-        # checked when the settings are read: the TLS context failed later with a bare "[Errno 2] No such file"
-        if v is not None and not os.path.isfile(v):
-            raise ValueError(f"CA file {v!r} not found (or not a file)")
-        return v
-
     @model_validator(mode="after")
     def _sasl_needs_a_sasl_protocol(self) -> KafkaSettings:
         # aiokafka ignores a mechanism under PLAINTEXT/SSL while faust would speak SASL: the two clients
@@ -80,6 +73,17 @@ class KafkaSettings(_Frozen):
             raise ValueError(f"security_protocol {self.security_protocol} needs a sasl_mechanism")
         return self
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of SSL and SASL_SSL (None for the others), made where a client needs it: a missing
+        CA file gave a bare "[Errno 2] No such file or directory", naming neither the file nor the setting."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        if self.ssl_cafile is not None and not os.path.isfile(self.ssl_cafile):
+            from stream_vae.exceptions import ConfigError
+
+            raise ConfigError(f"STREAM_VAE_KAFKA__SSL_CAFILE: CA file {self.ssl_cafile!r} not found (or not a file)")
+        return ssl.create_default_context(cafile=self.ssl_cafile)
+
     def client_kwargs(self) -> dict[str, object]:
         """Keyword arguments shared by every aiokafka client (secrets unwrapped only here)."""
         kw: dict[str, object] = {
@@ -87,10 +91,9 @@ class KafkaSettings(_Frozen):
             "security_protocol": self.security_protocol,
             "client_id": self.client_id,
         }
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            kw["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+        ctx = self.ssl_context()
+        if ctx is not None:
+            kw["ssl_context"] = ctx
         if self.sasl_mechanism:
             kw["sasl_mechanism"] = self.sasl_mechanism
             kw["sasl_plain_username"] = self.sasl_username
