@@ -213,7 +213,8 @@ class StreamMonitor:
         self._checkpoint_due = False
         # a swap could not close the old model's drift episode: close it first thing, keeping one opened by
         # this version (the new model's)
-        self._close_episode: str | None = None  # on_swap's Redis writes, done by the next batch or tick
+        self._close_episode: str | None = None  # on_swap's Redis writes (after_swap: a failed close is tried
+        # again before the next batch or tick)
         self._share_guard: tuple[str, dict[str, Any]] | None = None
         # what the drift monitors were fed in this pass (partition -> last offset), and the signals they raised
         # that no episode claim holds yet: if the pass fails, the batch read again feeds them only the records
