@@ -58,7 +58,7 @@ _library_handler: list[logging.Handler] = []  # the one configure_logging made
 
 def library_handler() -> logging.Handler | None:
     """The handler that renders stdlib logging (aiokafka, faust) like our own lines (None before
-    :func:`configure_logging`); ``run_app`` gives it to faust, which replaces the root's handlers."""
+    :func:`configure_logging`); ``app.faust_logging`` gives it to faust, which replaces the root's handlers."""
     return _library_handler[0] if _library_handler else None
 
 
