@@ -21,13 +21,22 @@ from stream_vae.exceptions import BrokerError
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """aiokafka logs a failed first connection as an ERROR before raising it; the caller says it in one line."""
+    # counted: two of these overlapping (clients starting together) each restored the level the other had
+    # set, in the wrong order, and left aiokafka (and its module loggers) silenced for good
     logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    if _quieted[0] == 0:
+        _quieted[1] = logger.level
+        logger.setLevel(logging.CRITICAL)
+    _quieted[0] += 1
     try:
         yield
     finally:
-        logger.setLevel(level)
+        _quieted[0] -= 1
+        if _quieted[0] == 0:
+            logger.setLevel(_quieted[1])
+
+
+_quieted = [0, logging.NOTSET]  # open _quiet() contexts, and the level to restore when the last one ends
 
 
 def unreachable(kafka: KafkaSettings, exc: Exception) -> BrokerError:

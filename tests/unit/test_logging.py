@@ -55,3 +55,20 @@ def test_faust_keeps_our_handler_when_it_sets_up_logging() -> None:
     assert [json.loads(line)["event"] for line in buf.getvalue().splitlines()] == ["Heartbeat failed for group g"]
     ours = [h for h in logging.getLogger().handlers if not type(h).__module__.startswith("_pytest")]
     assert ours == [library_handler()]  # no faust handler beside it
+
+
+def test_overlapping_quiet_client_starts_leave_the_kafka_client_audible() -> None:
+    """Two client starts overlapping (each hides aiokafka's first-connection error) restored each other's
+    level in the wrong order and left aiokafka silenced for the life of the process."""
+    from stream_vae.kafka import _quiet
+
+    logger = logging.getLogger("aiokafka")
+    before = logger.level
+    a, b = _quiet(), _quiet()
+    a.__enter__()
+    b.__enter__()
+    assert logger.level == logging.CRITICAL
+    a.__exit__(None, None, None)
+    assert logger.level == logging.CRITICAL  # b still starting
+    b.__exit__(None, None, None)
+    assert logger.level == before
