@@ -973,3 +973,25 @@ def test_dockerfile_is_multistage_cpu_torch_non_root() -> None:
                     assert (ROOT / src).exists(), f"COPY source {src} missing"
     allow = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.startswith("!")}
     assert {"!pyproject.toml", "!stream_vae/", "!topologies/"} <= allow
+
+
+def test_notes_example_record_has_a_value_of_each_features_type(tmp_path: Path) -> None:
+    """The hand-written record in NOTES.txt gave every feature 1.0: a worker dead-letters a bool feature sent
+    as a number. Each feature now gets a value of its type, and the record passes the worker's validation."""
+    import json
+
+    from stream_vae.records import RawRecord
+    from stream_vae.topology import parse_topology
+    from stream_vae.validate import Validator
+
+    text = ("name: svc\ninput_topic: records.svc\nkey_field: service\npartitions: 2\nfeatures:\n"
+            "  - {name: p99}\n  - {name: retries, type: int}\n  - {name: degraded, type: bool}\n")
+    f = tmp_path / "values.yaml"
+    f.write_text(yaml.safe_dump({"topologies": {"demo": None, "svc": {"partitions": 2, "topology": text}}}))
+    res = helm_run("install", "sv", str(CHART), "--dry-run=client", "--namespace", "ns", "-f", str(f))
+    assert res.returncode == 0, res.stderr
+    line = next(x for x in res.stdout.split("NOTES:", 1)[1].splitlines() if x.strip().startswith("echo '"))
+    record = line.split("'")[1]
+    assert json.loads(record) == {"service": "test-1", "p99": 1.0, "retries": 1, "degraded": True}
+    ok, bad = Validator(parse_topology(yaml.safe_load(text), source="svc")).validate([RawRecord(record.encode())])
+    assert not bad and len(ok.X) == 1

@@ -141,8 +141,13 @@ when its YAML is unreadable or disagrees with the values, or when two topologies
 {{- end -}}
 {{- $alerts := default dict (get $doc "alerts") -}}
 {{- $features := list -}}
+{{- $examples := list -}}{{- /* a value of each feature's type: a worker dead-letters a bool sent as 1.0 */ -}}
 {{- range $f := (default list (get $doc "features")) -}}
-{{- if kindIs "map" $f -}}{{- $features = append $features (toString (get $f "name")) -}}{{- end -}}
+{{- if kindIs "map" $f -}}
+{{- $features = append $features (toString (get $f "name")) -}}
+{{- $type := toString (default "float" (get $f "type")) -}}
+{{- $examples = append $examples (ternary "true" (ternary "1" "1.0" (eq $type "int")) (eq $type "bool")) -}}
+{{- end -}}
 {{- end -}}
 {{- $slug := regexReplaceAll "[^a-z0-9-]+" $key "-" | trunc 40 | trimSuffix "-" -}}
 {{- $workerName := printf "%s-worker-%s" (include "stream-vae.fullname" $) $slug | trunc 63 | trimSuffix "-" -}}
@@ -166,6 +171,7 @@ when its YAML is unreadable or disagrees with the values, or when two topologies
       "keyField" (toString (default "" (get $doc "key_field")))
       "timestampField" (toString (default "" (get $doc "timestamp_field")))
       "features" $features
+      "exampleValues" $examples
       "consumerGroup" (printf "stream-vae.%s" $key)
       "anomalyTopic" (toString (default "alerts.anomaly" (get $alerts "anomaly_topic")))
       "driftTopic" (toString (default "alerts.drift" (get $alerts "drift_topic")))
