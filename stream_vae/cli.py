@@ -273,11 +273,12 @@ def _stream_of(m: Any) -> str | None:
 
 
 def _printable(m: Any, stream: str | None) -> str | None:
-    """One message as a line: a dead letter with its reason headers, an alert as it is (None: another stream's)."""
+    """One message as a line: a dead letter with its reason headers, an alert as it is (None: another stream's;
+    alert and dead-letter topics may be shared)."""
+    if stream is not None and _stream_of(m) not in (None, stream):
+        return None
     headers = {k: v.decode("utf-8", "replace") for k, v in (m.headers or ()) if k.startswith("stream-vae.")}
     if "stream-vae.reason" in headers:
-        if stream is not None and headers.get("stream-vae.stream") not in (None, stream):
-            return None  # the dead-letter topic may be shared too
         return json.dumps({
             "stream": headers.get("stream-vae.stream"),
             "reason": headers["stream-vae.reason"], "detail": headers.get("stream-vae.detail"),
@@ -285,15 +286,7 @@ def _printable(m: Any, stream: str | None) -> str | None:
             "key": None if m.key is None else m.key.decode("utf-8", "backslashreplace"),
             "value": None if m.value is None else m.value.decode("utf-8", "backslashreplace"),
         })
-    text = m.value.decode("utf-8", "replace") if m.value is not None else ""
-    if stream is not None:
-        try:
-            data = json.loads(text).get("data", {})
-        except (ValueError, AttributeError):
-            data = {}
-        if isinstance(data, dict) and data.get("stream") not in (None, stream):
-            return None
-    return text
+    return m.value.decode("utf-8", "replace") if m.value is not None else ""
 
 
 def _stream_name(topology: Path | None, stream: str | None) -> str:
