@@ -269,9 +269,7 @@ class EntityCheckpoints:
         if unsaved:  # Redis down: a rebalance cannot wait for it (and this worker may not get them back)
             log.warning("entity_state_released_unsaved", partitions=sorted(partitions), entities=len(unsaved),
                         why="Redis unavailable: their next owner resumes their last saved state, as after a crash")
-        pipeline.forget(gone)
-        forget(self._held, gone)
-        self._dirty.difference_update(gone)
+        self.drop(pipeline, partitions)
         for p in partitions:
             self._epoch.pop(p, None)
         return n
