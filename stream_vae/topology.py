@@ -287,6 +287,11 @@ class Topology(_Strict):
     guard: GuardSpec = Field(default_factory=GuardSpec)
     control: ControlSpec = Field(default_factory=ControlSpec)
     max_record_bytes: int = Field(default=65_536, ge=64)
+    extra_fields: Literal["reject", "ignore"] = Field(
+        default="reject",
+        description="a field the topology does not name: reject (dead-letter the record as unknown_field, so a "
+                    "renamed or misspelled feature is seen at once) or ignore (events that carry metadata)",
+    )
     partitions: int = Field(default=4, ge=1, le=1024, description="partitions to create for the input topic")
 
     @field_validator("name")

@@ -87,7 +87,7 @@ class Validator:
             return Rejection(rec, "invalid_json", "not valid JSON: nested too deeply")
         if not isinstance(obj, dict):
             return Rejection(rec, "not_object", f"expected a JSON object, got {type(obj).__name__}")
-        extra = set(obj) - self._allowed
+        extra = set(obj) - self._allowed if topo.extra_fields == "reject" else ()
         if extra:
             return Rejection(rec, "unknown_field", f"fields not in topology '{topo.name}': {sorted(extra)[:10]}")
         row: list[float] = []

@@ -152,3 +152,14 @@ def test_the_timestamp_is_optional_but_never_an_object(ts: object, accepted: boo
     rec = {**GOOD, "ts": ts} if ts is not None else {k: v for k, v in GOOD.items() if k != "ts"}
     n_ok, reasons = _one(json.dumps(rec).encode())
     assert (n_ok, reasons) == ((1, []) if accepted else (0, ["wrong_type"]))
+
+
+def test_extra_fields_are_dead_lettered_unless_the_topology_ignores_them() -> None:
+    """Events that carry metadata (a region, a host) were all dead-lettered; extra_fields: ignore reads them."""
+    value = json.dumps({**GOOD, "region": "eu-west-1", "meta": {"host": "a"}}).encode()
+    assert _one(value) == (0, ["unknown_field"])
+    lenient = TOPO.model_copy(update={"extra_fields": "ignore"})
+    ok, bad = Validator(lenient).validate([RawRecord(value)])
+    assert not bad and ok.X.tolist() == [[1.5, 2.0, 3.0, 1.0]] and ok.keys == ["e1"]
+    missing = json.dumps({k: v for k, v in GOOD.items() if k != "a"} | {"region": "x"}).encode()
+    assert [r.reason for r in Validator(lenient).validate([RawRecord(missing)])[1]] == ["missing_field"]
