@@ -995,3 +995,11 @@ def test_notes_example_record_has_a_value_of_each_features_type(tmp_path: Path) 
     assert json.loads(record) == {"service": "test-1", "p99": 1.0, "retries": 1, "degraded": True}
     ok, bad = Validator(parse_topology(yaml.safe_load(text), source="svc")).validate([RawRecord(record.encode())])
     assert not bad and len(ok.X) == 1
+
+
+def test_worker_tuning_can_set_where_a_new_group_starts(tmp_path: Path) -> None:
+    """STREAM_VAE_WORKER__START_FROM reaches the workers; the schema refuses any other value."""
+    docs = render_values(tmp_path, {"worker": {"tuning": {"start_from": "latest"}}})
+    envs = [env_of(c) for _, spec in pod_specs(docs) if (c := spec["containers"][0])["name"] == "worker"]
+    assert envs and all(e["STREAM_VAE_WORKER__START_FROM"]["value"] == "latest" for e in envs)
+    assert "start_from" in render_fails(tmp_path, {"worker": {"tuning": {"start_from": "newest"}}})
