@@ -329,17 +329,15 @@ class Topology(_Strict):
         if self.key_field is not None and self.key_field == self.timestamp_field:
             raise ValueError(f"key_field and timestamp_field are both '{self.key_field}'")
         a, c = self.alerts, self.control
-        topics = (("input_topic", self.input_topic), ("alerts.dlq_topic", a.dlq_topic),
-                  ("alerts.anomaly_topic", a.anomaly_topic), ("alerts.drift_topic", a.drift_topic),
-                  ("alerts.audit_topic", a.audit_topic), ("control.recalibrate_topic", c.recalibrate_topic),
+        outputs = (("alerts.dlq_topic", a.dlq_topic), ("alerts.anomaly_topic", a.anomaly_topic),
+                   ("alerts.drift_topic", a.drift_topic), ("alerts.audit_topic", a.audit_topic))
+        topics = (("input_topic", self.input_topic), *outputs, ("control.recalibrate_topic", c.recalibrate_topic),
                   ("control.model_topic", c.model_topic))
         for name, topic in topics:  # Kafka refuses another name only when the worker first writes to it
             if topic is not None and not _TOPIC.match(topic):
                 raise ValueError(f"{name} {topic!r} is not a Kafka topic name (letters, digits, '.', '_', '-'; "
                                  "at most 249)")
-        loops = [n for n, t in (("alerts.dlq_topic", a.dlq_topic), ("alerts.anomaly_topic", a.anomaly_topic),
-                                ("alerts.drift_topic", a.drift_topic), ("alerts.audit_topic", a.audit_topic))
-                 if t == self.input_topic]
+        loops = [n for n, t in outputs if t == self.input_topic]
         if loops:  # the worker would read what it writes: dead letters rejected again, without end
             raise ValueError(f"{', '.join(loops)} is the input_topic '{self.input_topic}'")
         return self
